@@ -1,0 +1,3 @@
+from quiltsync.cli import main
+
+raise SystemExit(main())

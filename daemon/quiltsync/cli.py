@@ -1,0 +1,84 @@
+"""Command line: parse, load the config, run a command, map errors to exit codes.
+
+Results go to stdout; logs go to stderr. Exit codes: 0 ok, 1 failed, 2 usage
+error, 78 configuration error. A ``QuiltsyncError`` is shown as one line without
+a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from quiltsync import __version__
+from quiltsync.errors import QuiltsyncError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (default: $QUILTSYNC_CONFIG, then the per-user or system path)")
+    p = _Parser(prog="quiltsync", parents=[common],
+                description="Keep local folders versioned as Quilt packages in S3.")
+    p.add_argument("--version", action="version", version=f"quiltsync {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    push = sub.add_parser("push", parents=[common], help="one reconcile-and-push pass now")
+    push.add_argument("--folder", metavar="PACKAGE", help="only the folder of this package")
+
+    status = sub.add_parser("status", parents=[common], help="per folder state, no network")
+    status.add_argument("--json", action="store_true", help="one JSON document")
+
+    history = sub.add_parser("history", parents=[common], help="revisions of a package")
+    history.add_argument("package")
+    history.add_argument("--json", action="store_true", help="one JSON document")
+
+    restore = sub.add_parser("restore", parents=[common], help="install a revision and verify it")
+    restore.add_argument("package")
+    restore.add_argument("--top-hash", required=True, metavar="H")
+    restore.add_argument("--dest", required=True, metavar="DIR", type=Path)
+
+    demo = sub.add_parser("demo", parents=[common], help="the embedded demo behind `make demo`")
+    demo.add_argument("--workdir", type=Path, help="keep the demo folder here (default: a temp dir)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    out = sys.stdout
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args, out)
+    except QuiltsyncError as e:
+        print(f"quiltsync: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("quiltsync: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, out: object) -> int:
+    from quiltsync import commands
+
+    if args.command == "demo":
+        from quiltsync.demo import run_demo
+
+        return run_demo(args.workdir, out)
+    ctx = commands.Context.load(getattr(args, "config", None), out)
+    if args.command == "push":
+        return commands.push(ctx, args.folder)
+    if args.command == "status":
+        return commands.status(ctx, as_json=args.json)
+    if args.command == "history":
+        return commands.history(ctx, args.package, as_json=args.json)
+    if args.command == "restore":
+        return commands.restore(ctx, args.package, args.top_hash, args.dest)
+    raise UsageError(f"unknown command {args.command!r}")

@@ -1,0 +1,136 @@
+"""The CLI commands push, status, history and restore, on a loaded Context."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from quiltsync import logs, quilt_env
+from quiltsync.config import Config, check_folders_exist, find_config_path, load_config
+from quiltsync.errors import QuiltsyncError
+from quiltsync.index import Index
+
+
+@dataclass
+class Context:
+    config: Config
+    config_path: Path
+    out: TextIO
+
+    @classmethod
+    def load(cls, cli_config: str | None, out: Any) -> Context:
+        path = find_config_path(cli_config)
+        config = load_config(path)
+        logs.configure(config.daemon.log_level, config.daemon.log_format)
+        quilt_env.configure_s3(config.s3.endpoint_url, config.s3.region)
+        return cls(config, path, out)
+
+    def index(self) -> Index:
+        return Index(self.config.daemon.state_dir / "index.sqlite3")
+
+    def emit(self, line: str = "") -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+
+def push(ctx: Context, only: str | None) -> int:
+    from quiltsync.pusher import FolderPusher, push_with_retries
+
+    folders = [ctx.config.folder_by_package(only)] if only else list(ctx.config.folder)
+    check_folders_exist(ctx.config, str(ctx.config_path))
+    index = ctx.index()
+    failed = 0
+    for folder in folders:
+        pusher = FolderPusher(folder, index)
+        try:
+            for _ in range(3):  # files that changed during a push are pushed again
+                result = push_with_retries(pusher)
+                if result.pushed:
+                    ctx.emit(f"{result.package} {result.top_hash}")
+                if not result.changed_during_push:
+                    break
+        except QuiltsyncError as e:
+            failed += 1
+            print(f"quiltsync: error: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def status(ctx: Context, *, as_json: bool) -> int:
+    from quiltsync.planner import pending_changes
+    from quiltsync.scanner import RootUnavailable, make_ignore_spec, scan_folder
+
+    index = ctx.index()
+    rows = []
+    for f in ctx.config.folder:
+        rev = index.revision(f.package)
+        snap_index = {lk: r.index_entry for lk, r in index.rows(f.package).items()}
+        try:
+            scan = scan_folder(f.path, make_ignore_spec(f.ignore))
+            pending: int | None = pending_changes(scan.files, snap_index)
+            files: int | None = len(scan.files)
+            problem = None
+        except RootUnavailable as e:
+            pending, files, problem = None, None, f"folder unavailable: {e}"
+        rows.append({
+            "package": f.package, "registry": f.registry, "path": str(f.path),
+            "last_top_hash": rev.top_hash if rev else None,
+            "last_push": _iso(rev.pushed_at) if rev and rev.pushed_at else None,
+            "pending": pending, "files": files,
+            "health": "unknown (run `quiltsync check`)" if problem is None else problem,
+        })
+    if as_json:
+        ctx.emit(json.dumps({"folders": rows}, indent=2))
+        return 0
+    for r in rows:
+        ctx.emit(f"{r['package']}  ({r['path']} -> {r['registry']})")
+        ctx.emit(f"  last top_hash: {r['last_top_hash'] or '(never pushed)'}")
+        ctx.emit(f"  last push:     {r['last_push'] or '-'}")
+        ctx.emit(f"  pending:       {r['pending'] if r['pending'] is not None else '-'} "
+                 f"of {r['files'] if r['files'] is not None else '-'} files")
+        ctx.emit(f"  health:        {r['health']}")
+    return 0
+
+
+def history(ctx: Context, package: str, *, as_json: bool) -> int:
+    from quiltsync.registry import Registry
+
+    folder = ctx.config.folder_by_package(package)
+    reg = Registry(folder.registry)
+    latest = reg.latest(package)
+    revs = []
+    for stamp, top in reg.versions(package):
+        rev = reg.revision(package, top)
+        pinned = all("versionId=" in e.physical_key for e in rev.entries.values())
+        revs.append({"time": _iso(stamp), "top_hash": top, "message": rev.meta.get("message"),
+                     "files": len(rev.entries), "pinned": pinned, "latest": top == latest})
+    if as_json:
+        ctx.emit(json.dumps({"package": package, "registry": folder.registry, "revisions": revs}, indent=2))
+        return 0
+    if not revs:
+        ctx.emit(f"{package}: no revisions in {folder.registry}")
+    for r in revs:
+        flags = ("pinned" if r["pinned"] else "UNPINNED") + ("  latest" if r["latest"] else "")
+        ctx.emit(f"{r['time']}  {r['top_hash']}  {r['files']:>6} files  {flags}  {r['message'] or ''}")
+    return 0
+
+
+def restore(ctx: Context, package: str, top_hash: str, dest: Path) -> int:
+    from quiltsync.registry import Registry
+    from quiltsync.restore import restore as do_restore
+
+    folder = ctx.config.folder_by_package(package)
+    report = do_restore(Registry(folder.registry), package, top_hash, dest)
+    logs.get_logger("quiltsync.restore").info(
+        "restore.completed", package=package, top_hash=report.top_hash, dest=str(report.dest),
+        files=report.files, bytes=report.bytes)
+    ctx.emit(f"restored {package}@{report.top_hash} into {report.dest}: "
+             f"{report.verified} of {report.files} files verified, {report.bytes} bytes")
+    return 0
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,246 @@
+"""The configuration: one TOML file, validated by pydantic models.
+
+Finding the file (``find_config_path``) is separate from parsing it
+(``parse_config``), so tests hand in text and the CLI hands in a path. Every
+validation problem becomes one line naming the file, the key path and what is
+expected, raised as ``ConfigError`` (exit 78, no traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from quiltsync.errors import ConfigError
+
+PACKAGE_NAME_RE = re.compile(r"[\w-]+/[\w-]+")
+# S3 bucket naming rules (3-63 chars, lowercase letters, digits, dots, hyphens).
+BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def default_state_dir() -> Path:
+    """Where the index lives when the config does not say.
+
+    systemd's StateDirectory= sets $STATE_DIRECTORY; root uses /var/lib; anyone
+    else uses $XDG_STATE_HOME (~/.local/state).
+    """
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/quiltsync")
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "quiltsync"
+
+
+class DaemonConfig(_Strict):
+    state_dir: Path = Field(default_factory=default_state_dir)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    rescan_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    health_interval_seconds: Annotated[float, Field(gt=0)] = 300.0
+
+
+class S3Config(_Strict):
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
+            raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+        return v
+
+
+class FolderConfig(_Strict):
+    path: Path
+    package: str
+    registry: str
+    settle_seconds: Annotated[float, Field(ge=0)] = 2.0
+    max_delay_seconds: Annotated[float, Field(gt=0)] = 30.0
+    ignore: list[str] = Field(default_factory=list)
+
+    @field_validator("package")
+    @classmethod
+    def _package_name(cls, v: str) -> str:
+        # fullmatch, not match: quilt3's own check lets a trailing newline through.
+        if not PACKAGE_NAME_RE.fullmatch(v):
+            raise ValueError(
+                f"expected a quilt package name 'namespace/name' "
+                f"(letters, digits, _ or -, exactly one '/'), got {v!r}"
+            )
+        return v
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_url(cls, v: str) -> str:
+        m = re.fullmatch(r"s3://([^/]+)/?", v)
+        if not m or not BUCKET_RE.fullmatch(m.group(1)):
+            raise ValueError(
+                f"expected 's3://BUCKET' with a valid bucket name and no path, got {v!r}"
+            )
+        return f"s3://{m.group(1)}"
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError(f"expected an absolute path, got {str(v)!r}")
+        return Path(os.path.normpath(v))
+
+    @model_validator(mode="after")
+    def _settle_within_delay(self) -> FolderConfig:
+        if self.settle_seconds > self.max_delay_seconds:
+            raise ValueError(
+                f"settle_seconds ({self.settle_seconds:g}) must not exceed "
+                f"max_delay_seconds ({self.max_delay_seconds:g})"
+            )
+        return self
+
+    @property
+    def bucket(self) -> str:
+        return self.registry[len("s3://") :]
+
+
+class Config(_Strict):
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    s3: S3Config = Field(default_factory=S3Config)
+    folder: list[FolderConfig] = Field(min_length=1)
+
+    def folder_by_package(self, package: str) -> FolderConfig:
+        for f in self.folder:
+            if f.package == package:
+                return f
+        known = ", ".join(f.package for f in self.folder)
+        raise ConfigError(f"no folder is configured for package {package!r} (configured: {known})")
+
+
+def find_config_path(cli_value: str | None, env: dict[str, str] | None = None) -> Path:
+    """--config, else $QUILTSYNC_CONFIG, else the per-user or system default."""
+    env = os.environ if env is None else env
+    if cli_value:
+        return Path(cli_value)
+    if env.get("QUILTSYNC_CONFIG"):
+        return Path(env["QUILTSYNC_CONFIG"])
+    if os.geteuid() == 0:
+        return Path("/etc/quiltsync/config.toml")
+    xdg = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(xdg) / "quiltsync" / "config.toml"
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found; pass --config PATH or set QUILTSYNC_CONFIG"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config file: {_reason(e)}") from None
+    return parse_config(text, source=str(path), base_dir=path.parent)
+
+
+def parse_config(text: str, *, source: str, base_dir: Path | None = None) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    if base_dir is not None:
+        _resolve_relative_paths(raw, base_dir)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_format_error(source, err) for err in e.errors())) from None
+    _check_unique(config, source)
+    return config
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base_dir: Path) -> None:
+    """A relative folder path is relative to the config file, as users expect."""
+    folders = raw.get("folder")
+    if not isinstance(folders, list):
+        return
+    for f in folders:
+        if isinstance(f, dict) and isinstance(f.get("path"), str):
+            p = Path(os.path.expanduser(f["path"]))
+            f["path"] = str(p if p.is_absolute() else (base_dir / p).absolute())
+
+
+def _check_unique(config: Config, source: str) -> None:
+    seen_paths: dict[Path, int] = {}
+    seen_packages: dict[str, int] = {}
+    for i, f in enumerate(config.folder):
+        if f.path in seen_paths:
+            raise ConfigError(
+                f"{source}: at 'folder[{i}].path': {str(f.path)!r} is already watched by "
+                f"folder[{seen_paths[f.path]}]; each folder may appear once"
+            )
+        if f.package in seen_packages:
+            raise ConfigError(
+                f"{source}: at 'folder[{i}].package': {f.package!r} is already used by "
+                f"folder[{seen_packages[f.package]}]; each package may have one folder"
+            )
+        seen_paths[f.path] = i
+        seen_packages[f.package] = i
+
+
+def check_folders_exist(config: Config, source: str) -> None:
+    """Commands that push need every folder to be a readable directory."""
+    for i, f in enumerate(config.folder):
+        if not f.path.is_dir():
+            what = "does not exist" if not f.path.exists() else "is not a directory"
+            raise ConfigError(
+                f"{source}: at 'folder[{i}].path': {str(f.path)!r} {what}; "
+                "expected an existing directory"
+            )
+        if not os.access(f.path, os.R_OK | os.X_OK):
+            raise ConfigError(
+                f"{source}: at 'folder[{i}].path': {str(f.path)!r} is not readable by this user"
+            )
+
+
+def _format_error(source: str, err: Any) -> str:
+    loc = _format_loc(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        what = "unknown key; see config.example.toml for the keys"
+    elif kind == "missing":
+        what = "required key is missing"
+    else:
+        msg = err["msg"]
+        msg = msg.removeprefix("Value error, ")
+        what = msg[0].lower() + msg[1:] if msg else kind
+        if kind not in ("value_error", "assertion_error") and "input" in err:
+            what += f", got {err['input']!r}"
+    where = f"at '{loc}': " if loc else ""
+    return f"{source}: {where}{what}"
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _reason(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e)

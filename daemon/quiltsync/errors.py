@@ -1,0 +1,56 @@
+"""quiltsync's own exception tree.
+
+Foreign exceptions (botocore, quilt3, OSError from a scan) are mapped into this
+tree at one boundary each (``registry.py`` for S3 and quilt3), so the rest of the
+code and the CLI only ever see these::
+
+    QuiltsyncError              a message for a person; never shown with a traceback
+    +-- UsageError              bad command line                      exit 2
+    +-- ConfigError             bad or missing configuration          exit 78
+    +-- RemoteError             S3 or quilt3 failed                   exit 1
+    |   +-- TransientError      worth retrying (network, 5xx, throttling)
+    |   +-- PermanentError      retrying will not help (denied, no bucket)
+    +-- PushConflict            another writer moved `latest` meanwhile
+    +-- PushRefused             pushing would be unsafe (vanished root, mass deletion)
+    +-- RestoreError            a revision could not be restored or verified
+"""
+
+from __future__ import annotations
+
+
+class QuiltsyncError(Exception):
+    """An error whose message is meant for the user; the CLI prints it on one line."""
+
+    exit_code = 1
+
+
+class UsageError(QuiltsyncError):
+    exit_code = 2
+
+
+class ConfigError(QuiltsyncError):
+    exit_code = 78
+
+
+class RemoteError(QuiltsyncError):
+    pass
+
+
+class TransientError(RemoteError):
+    pass
+
+
+class PermanentError(RemoteError):
+    pass
+
+
+class PushConflict(QuiltsyncError):
+    pass
+
+
+class PushRefused(QuiltsyncError):
+    pass
+
+
+class RestoreError(QuiltsyncError):
+    pass

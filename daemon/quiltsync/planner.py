@@ -1,0 +1,103 @@
+"""Decide what a push must do: pure, no I/O but the ``hash_file`` callback.
+
+Inputs: the folder scan (logical key -> stat), the local index (what was pushed,
+with the stat the file had then) and the base revision the push builds on (its
+entries: hash, size, physical key). Output: which keys to upload from the folder,
+which to delete, which are unchanged, and index rows to refresh.
+
+A file counts as unchanged without reading it when its stat equals the index's
+and the index's hash is the base entry's hash. A stat that is "racy" (the file
+was modified within ``RACY_NS`` of when it was recorded, so a same-size write in
+the same clock tick could hide) is never trusted: the file is hashed, as are
+files whose stat changed but whose size still equals the base entry's (a touch,
+a rewrite with the same bytes, or an index rebuilt from the registry). Hashing is
+local; it never uploads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from quiltsync.hashing import HashValue
+from quiltsync.scanner import FileStat
+
+# mtime granularity on common filesystems is far below this; 2 s also covers FAT.
+RACY_NS = 2_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class BaseEntry:
+    """An entry of the revision a push builds on."""
+
+    hash: HashValue
+    size: int
+    physical_key: str
+    meta: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """What the index remembers of a pushed file."""
+
+    stat: FileStat
+    hash: HashValue
+    recorded_ns: int  # wall clock when the stat was taken
+
+    @property
+    def racy(self) -> bool:
+        return self.stat.mtime_ns + RACY_NS >= self.recorded_ns
+
+
+@dataclass(slots=True)
+class Plan:
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    # keys whose content equals the base but whose index row must be (re)written
+    refresh: dict[str, HashValue] = field(default_factory=dict)
+    hashed: int = 0  # files read to decide
+
+    @property
+    def uploads(self) -> list[str]:
+        return [*self.added, *self.modified]
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.added or self.modified or self.deleted)
+
+
+def plan_push(
+    scan: Mapping[str, FileStat],
+    index: Mapping[str, IndexEntry],
+    base: Mapping[str, BaseEntry],
+    hash_file: Callable[[str, str], HashValue | None],
+) -> Plan:
+    """``hash_file(logical_key, hash_type)`` hashes a local file like the base entry was."""
+    plan = Plan()
+    for lk in sorted(scan):
+        st = scan[lk]
+        entry = base.get(lk)
+        if entry is None:
+            plan.added.append(lk)
+            continue
+        known = index.get(lk)
+        if known is not None and known.stat == st and not known.racy and known.hash == entry.hash:
+            continue
+        if st.size != entry.size:
+            plan.modified.append(lk)
+            continue
+        plan.hashed += 1
+        local = hash_file(lk, entry.hash.type)
+        if local is not None and local == entry.hash:
+            plan.refresh[lk] = local
+        else:
+            plan.modified.append(lk)
+    plan.deleted = sorted(set(base) - set(scan))
+    return plan
+
+
+def pending_changes(scan: Mapping[str, FileStat], index: Mapping[str, IndexEntry]) -> int:
+    """How many keys differ by stat alone (for status; no hashing, no network)."""
+    changed = sum(1 for lk, st in scan.items() if (e := index.get(lk)) is None or e.stat != st)
+    return changed + sum(1 for lk in index if lk not in scan)

@@ -1,0 +1,299 @@
+"""One folder's push pass: scan, plan against the last revision, push the difference.
+
+The base revision comes from, in order: the revision the last push in this
+process returned, the local index (rebuilt in memory and checked against its
+top_hash), or the registry's latest manifest (read from S3, not quilt3's cache).
+Nothing is uploaded or hashed for files whose stat matches the index.
+
+A push is made without ``force``: when another writer moved `latest`, quilt3
+raises a conflict, and the pass re-plans on top of the new latest and pushes
+again, so both revisions stay in the history and the new latest equals the
+folder (the folder is the source of truth; see docs/design.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quiltsync import hashing
+from quiltsync.config import FolderConfig
+from quiltsync.errors import PermanentError, PushConflict, PushRefused, TransientError
+from quiltsync.index import Index, Revision, Row
+from quiltsync.logs import get_logger
+from quiltsync.planner import IndexEntry, Plan, plan_push
+from quiltsync.registry import Registry, RemoteRevision, top_hash_of
+from quiltsync.scanner import FileStat, RootUnavailable, Scan, make_ignore_spec, scan_folder
+
+MAX_CONFLICT_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    package: str
+    registry: str
+    top_hash: str | None  # None when nothing was pushed
+    parent_top_hash: str | None
+    added: int = 0
+    modified: int = 0
+    deleted: int = 0
+    files: int = 0
+    bytes_uploaded: int = 0
+    duration_ms: int = 0
+    changed_during_push: list[str] = field(default_factory=list)
+
+    @property
+    def pushed(self) -> bool:
+        return self.top_hash is not None and self.top_hash != self.parent_top_hash
+
+
+@dataclass(slots=True)
+class _Base:
+    revision: RemoteRevision | None
+    index: dict[str, IndexEntry]
+    rows: dict[str, Row]
+    trusted: bool  # True: from this process or the index; False: read from the registry
+
+
+class FolderPusher:
+    """Pushes one configured folder; keeps the last revision as the next base."""
+
+    def __init__(
+        self,
+        folder: FolderConfig,
+        index: Index,
+        registry: Registry | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.folder = folder
+        self.index = index
+        self.registry = registry or Registry(folder.registry)
+        self.clock = clock
+        self.sleep = sleep
+        self.ignore = make_ignore_spec(folder.ignore)
+        self.log = get_logger("quiltsync.push").bind(package=folder.package, registry=folder.registry)
+        self._last: tuple[RemoteRevision, dict[str, Row]] | None = None
+
+    # -- the pass ----------------------------------------------------------------
+    def scan(self) -> Scan:
+        try:
+            scan = scan_folder(self.folder.path, self.ignore)
+        except RootUnavailable as e:
+            self.log.error("push.refused", reason=f"folder root unavailable: {e}")
+            raise PushRefused(f"{self.folder.package}: folder root unavailable: {e}") from None
+        for s in scan.skipped:
+            self.log.warning("scan.skipped", path=s.path, reason=s.reason)
+        return scan
+
+    def push(self) -> PushResult:
+        started = time.monotonic()
+        recorded_ns = time.time_ns()
+        scan = self.scan()
+        base = self._load_base()
+        for _attempt in range(MAX_CONFLICT_RETRIES + 1):
+            plan = plan_push(scan.files, base.index, base.revision.entries if base.revision else {},
+                             self._hash_file)
+            if not plan.changes:
+                latest = self.registry.latest(self.folder.package) if base.trusted else None
+                if base.trusted and latest != (base.revision.top_hash if base.revision else None):
+                    self.log.warning("push.conflict", expected=_top(base.revision), latest=latest,
+                                     detail="latest moved since our last push; rebasing on it")
+                    base = self._remote_base(base)
+                    continue
+                self._adopt(base, plan, scan, recorded_ns)
+                self.log.info("push.skipped", reason="no changes", files=len(scan.files))
+                return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
+                                  _top(base.revision), files=len(scan.files))
+            self._check_safe(plan, scan, base)
+            try:
+                return self._push_plan(plan, scan, base, started, recorded_ns)
+            except PushConflict as e:
+                self.log.warning("push.conflict", expected=_top(base.revision), detail=str(e))
+                base = self._remote_base(base)
+        raise PushConflict(
+            f"{self.folder.package}: `latest` kept moving under {MAX_CONFLICT_RETRIES} retries; "
+            "another writer is pushing this package continuously"
+        )
+
+    # -- base revisions ---------------------------------------------------------
+    def _load_base(self) -> _Base:
+        if self._last is not None:
+            rev, rows = self._last
+            return _Base(rev, {lk: r.index_entry for lk, r in rows.items()}, dict(rows), True)
+        snap = self.index.load(self.folder.package, self.folder.registry, str(self.folder.path),
+                               top_hash_of)
+        if snap is not None:
+            rev = RemoteRevision(snap.revision.top_hash, snap.revision.meta, snap.base)
+            return _Base(rev, snap.index, snap.rows, True)
+        if self.index.revision(self.folder.package) is not None:
+            self.log.warning("index.rebuilt", reason="index does not match its recorded revision "
+                             "or was made for another folder or registry")
+        return self._remote_base(_Base(None, {}, {}, False))
+
+    def _remote_base(self, known: _Base) -> _Base:
+        """The registry's latest, keeping what the index knows of local files."""
+        rev = self.registry.latest_revision(self.folder.package)
+        self._last = None
+        return _Base(rev, known.index, known.rows, False)
+
+    def _hash_file(self, lk: str, hash_type: str) -> hashing.HashValue | None:
+        try:
+            return hashing.hash_like(self.folder.path / lk, hash_type)
+        except OSError:
+            return None
+
+    # -- safety -------------------------------------------------------------------
+    def _check_safe(self, plan: Plan, scan: Scan, base: _Base) -> None:
+        if base.revision and base.revision.entries and not scan.files:
+            reason = (f"folder {self.folder.path} is empty but revision "
+                      f"{base.revision.top_hash[:12]} has {len(base.revision.entries)} files; "
+                      "refusing to push a deletion of everything")
+            self.log.error("push.refused", reason=reason)
+            raise PushRefused(f"{self.folder.package}: {reason}")
+
+    # -- pushing ------------------------------------------------------------------
+    def _push_plan(self, plan: Plan, scan: Scan, base: _Base, started: float,
+                   recorded_ns: int) -> PushResult:
+        uploads: dict[str, Path] = {}
+        set_stats: dict[str, FileStat] = {}
+        vanished: list[str] = []
+        for lk in plan.uploads:
+            path = self.folder.path / lk
+            try:
+                set_stats[lk] = FileStat.of(os.stat(path))
+            except OSError:
+                vanished.append(lk)
+                continue
+            uploads[lk] = path
+        set_ns = time.time_ns()
+        if not uploads and not plan.deleted:
+            return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
+                              _top(base.revision), files=len(scan.files), changed_during_push=vanished)
+        self._wait_for_next_second()
+        counts = {"added": len([k for k in plan.added if k in uploads]),
+                  "modified": len([k for k in plan.modified if k in uploads]),
+                  "deleted": len(plan.deleted)}
+        message = (f"quiltsync@{socket.gethostname()}: {counts['added']} added, "
+                   f"{counts['modified']} modified, {counts['deleted']} deleted")
+        new = self.registry.push(self.folder.package, base.revision, uploads, plan.deleted, message)
+        pushed_at = self.clock()
+        changed = [lk for lk, st in set_stats.items() if _stat_or_none(uploads[lk]) != st]
+        rows = self._rows_after(new, base, plan, scan, set_stats, set_ns, recorded_ns)
+        revision = Revision(self.folder.package, self.folder.registry, str(self.folder.path),
+                            new.top_hash, new.meta, pushed_at, scan.root_dev)
+        if base.trusted:
+            upserts = {lk: rows[lk] for lk in (*uploads, *plan.refresh)}
+            self.index.commit(revision, upserts, plan.deleted)
+        else:
+            self.index.commit(revision, rows, replace_all=True)
+        self._last = (new, rows)
+        result = PushResult(
+            self.folder.package, self.folder.registry, new.top_hash, _top(base.revision),
+            files=len(new.entries), bytes_uploaded=sum(st.size for st in set_stats.values()),
+            duration_ms=int((time.monotonic() - started) * 1000),
+            changed_during_push=sorted([*changed, *vanished]), **counts,
+        )
+        self.log.info("push.completed", top_hash=result.top_hash, parent_top_hash=result.parent_top_hash,
+                      added=result.added, modified=result.modified, deleted=result.deleted,
+                      files=result.files, bytes_uploaded=result.bytes_uploaded,
+                      duration_ms=result.duration_ms)
+        if result.changed_during_push:
+            self.log.info("push.changed_during_push", paths=result.changed_during_push[:20],
+                          count=len(result.changed_during_push))
+        return result
+
+    def _rows_after(self, new: RemoteRevision, base: _Base, plan: Plan, scan: Scan,
+                    set_stats: dict[str, FileStat], set_ns: int, recorded_ns: int) -> dict[str, Row]:
+        rows: dict[str, Row] = {}
+        for lk, entry in new.entries.items():
+            if lk in set_stats:
+                rows[lk] = Row(set_stats[lk], set_ns, entry)
+            elif lk in plan.refresh:
+                rows[lk] = Row(scan.files[lk], recorded_ns, entry)
+            elif lk in base.rows:
+                old = base.rows[lk]
+                rows[lk] = Row(old.stat, old.recorded_ns, entry)
+        return rows
+
+    def _adopt(self, base: _Base, plan: Plan, scan: Scan, recorded_ns: int) -> None:
+        """Nothing to push: record what was learnt (fresh stats, or a registry revision)."""
+        rev = base.revision
+        if rev is None:
+            return
+        if base.trusted:
+            self.index.refresh_stats(self.folder.package, {
+                lk: Row(scan.files[lk], recorded_ns, rev.entries[lk]) for lk in plan.refresh})
+            for lk, h in plan.refresh.items():
+                base.rows[lk] = Row(scan.files[lk], recorded_ns, rev.entries[lk])
+            return
+        rows = self._rows_after(rev, base, plan, scan, {}, recorded_ns, recorded_ns)
+        previous = self.index.revision(self.folder.package)
+        self.index.commit(
+            Revision(self.folder.package, self.folder.registry, str(self.folder.path), rev.top_hash,
+                     rev.meta, previous.pushed_at if previous else 0.0, scan.root_dev),
+            rows, replace_all=True)
+        self._last = (rev, rows)
+        self.log.info("index.adopted", top_hash=rev.top_hash, files=len(rows))
+
+    def _wait_for_next_second(self) -> None:
+        """quilt3 names revision pointers by unix second: two pushes of a package in
+        one second would overwrite the first's pointer, hiding it from history."""
+        rev = self.index.revision(self.folder.package)
+        if rev is None or not rev.pushed_at:
+            return
+        wait = math.floor(rev.pushed_at) + 1 - self.clock()
+        if wait > 0:
+            self.sleep(wait)
+
+
+def _top(rev: RemoteRevision | None) -> str | None:
+    return rev.top_hash if rev else None
+
+
+def _stat_or_none(path: Path) -> FileStat | None:
+    try:
+        return FileStat.of(os.stat(path))
+    except OSError:
+        return None
+
+
+def result_fields(r: PushResult) -> dict[str, Any]:
+    return {"package": r.package, "top_hash": r.top_hash, "parent_top_hash": r.parent_top_hash,
+            "added": r.added, "modified": r.modified, "deleted": r.deleted, "files": r.files,
+            "bytes_uploaded": r.bytes_uploaded, "duration_ms": r.duration_ms}
+
+
+def push_with_retries(
+    pusher: FolderPusher,
+    *,
+    attempts: int = 5,
+    cap_s: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PushResult:
+    """One push pass; transient failures are retried with capped exponential backoff.
+
+    Permanent failures (access denied, no such bucket) are reported once and raised.
+    """
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return pusher.push()
+        except TransientError as e:
+            if attempt == attempts:
+                pusher.log.error("push.failed", error=str(e), attempt=attempt, retry_in_s=None)
+                raise
+            delay = min(cap_s, 2.0 ** (attempt - 1))
+            pusher.log.warning("push.failed", error=str(e), attempt=attempt, retry_in_s=delay)
+            sleep(delay)
+        except (PermanentError, PushConflict) as e:
+            pusher.log.error("push.failed", error=str(e), attempt=attempt, retry_in_s=None)
+            raise
+    raise AssertionError("unreachable")

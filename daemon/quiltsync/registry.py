@@ -1,0 +1,249 @@
+"""The one boundary to quilt3, boto3 and botocore.
+
+Everything quiltsync asks of a registry goes through ``Registry``; quilt3's and
+botocore's exceptions are mapped here into quiltsync's own (errors.py), as
+transient (worth retrying) or permanent. quilt3 is imported only after the
+environment it reads at import time is set (usage metrics off, progress bars
+off), see ``quilt_env``.
+
+Reads that must not be served from quilt3's local manifest cache (the latest
+pointer, manifests for conflicts, history and restore) go to S3 directly and are
+checked: a manifest must hash to the top_hash it was asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quiltsync import quilt_env
+from quiltsync.errors import (
+    PermanentError,
+    PushConflict,
+    QuiltsyncError,
+    TransientError,
+)
+from quiltsync.hashing import HashValue
+from quiltsync.planner import BaseEntry
+
+quilt_env.prepare()
+
+import boto3  # noqa: E402
+import botocore.config  # noqa: E402
+import botocore.exceptions as bce  # noqa: E402
+import quilt3  # noqa: E402
+from quilt3.packages import PackageEntry, PackageRevInfo  # noqa: E402
+from quilt3.util import PhysicalKey, QuiltConflictException, QuiltException  # noqa: E402
+
+quilt_env.silence_quilt3_prints()
+
+# Error codes after which retrying the same request cannot help.
+_PERMANENT_CODES = {
+    "AccessDenied": "access denied",
+    "AllAccessDisabled": "access to the bucket is disabled",
+    "InvalidAccessKeyId": "the AWS access key id is not known to the endpoint",
+    "SignatureDoesNotMatch": "the AWS secret key does not match the access key id",
+    "ExpiredToken": "the AWS session token has expired",
+    "InvalidToken": "the AWS session token is not valid",
+    "NoSuchBucket": "the bucket does not exist",
+    "InvalidBucketName": "the bucket name is not valid",
+    "AccountProblem": "the AWS account has a problem",
+    "PermanentRedirect": "the bucket is in another region; set [s3] region",
+    "AuthorizationHeaderMalformed": "the request was signed for the wrong region; set [s3] region",
+}
+_TRANSIENT_EXC = (
+    bce.EndpointConnectionError,
+    bce.ConnectTimeoutError,
+    bce.ReadTimeoutError,
+    bce.ConnectionClosedError,
+    bce.ResponseStreamingError,
+    bce.HTTPClientError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteRevision:
+    top_hash: str
+    meta: dict
+    entries: dict[str, BaseEntry]
+
+
+def top_hash_of(meta: dict, entries: Mapping[str, BaseEntry]) -> str:
+    """The top_hash quilt3 would compute for this metadata and these entries."""
+    return _package(meta, entries).top_hash
+
+
+def _package(meta: dict, entries: Mapping[str, BaseEntry]) -> quilt3.Package:
+    pkg = quilt3.Package()
+    pkg._meta = dict(meta)
+    for lk, e in entries.items():
+        pkg._set(lk, PackageEntry(PhysicalKey.from_url(e.physical_key), e.size,
+                                  e.hash.as_manifest(), e.meta))
+    return pkg
+
+
+def _entries_of(pkg: quilt3.Package) -> dict[str, BaseEntry]:
+    return {
+        lk: BaseEntry(HashValue(e.hash["type"], e.hash["value"]), e.size, str(e.physical_key),
+                      dict(e._meta) if e._meta else None)
+        for lk, e in pkg.walk()
+    }
+
+
+def describe(e: BaseException) -> str:
+    """A one-line description of a foreign error, for logs and messages."""
+    if isinstance(e, bce.ClientError):
+        err = e.response.get("Error", {})
+        code = err.get("Code", "?")
+        op = getattr(e, "operation_name", "request")
+        return f"{op}: {code}: {_PERMANENT_CODES.get(code) or err.get('Message') or code}"
+    if isinstance(e, bce.NoCredentialsError):
+        return ("no AWS credentials found; provide them through the standard chain "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role)")
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def classify(e: BaseException) -> type[QuiltsyncError]:
+    if isinstance(e, QuiltConflictException):
+        return PushConflict
+    if isinstance(e, bce.ClientError):
+        code = e.response.get("Error", {}).get("Code", "")
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _PERMANENT_CODES or code in ("403", "404"):
+            return PermanentError
+        if status >= 500 or status in (408, 429) or code in ("SlowDown", "Throttling", "RequestTimeout"):
+            return TransientError
+        return PermanentError
+    if isinstance(e, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.ParamValidationError)):
+        return PermanentError
+    if isinstance(e, _TRANSIENT_EXC) or isinstance(e, OSError):
+        return TransientError
+    return PermanentError
+
+
+@contextlib.contextmanager
+def mapped_errors(what: str) -> Iterator[None]:
+    """Turn quilt3/botocore exceptions into quiltsync's, with ``what`` as context."""
+    try:
+        yield
+    except QuiltsyncError:
+        raise
+    except QuiltConflictException as e:
+        raise PushConflict(f"{what}: {str(e).splitlines()[0]}") from e
+    except (bce.BotoCoreError, bce.ClientError, QuiltException, OSError, KeyError, ValueError) as e:
+        raise classify(e)(f"{what}: {describe(e)}") from e
+
+
+_local = threading.local()
+
+
+class Registry:
+    """An S3 package registry ``s3://bucket``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.bucket = self.url[len("s3://") :]
+
+    @property
+    def s3(self) -> Any:
+        # One client per thread; standard retry mode and explicit timeouts.
+        clients = getattr(_local, "clients", None)
+        if clients is None:
+            clients = _local.clients = {}
+        if "s3" not in clients:
+            clients["s3"] = boto3.session.Session().client(
+                "s3",
+                config=botocore.config.Config(
+                    retries={"mode": "standard", "max_attempts": quilt_env.max_attempts()},
+                    connect_timeout=10,
+                    read_timeout=60,
+                ),
+            )
+        return clients["s3"]
+
+    # -- reads that bypass quilt3's caches ----------------------------------------
+    def latest(self, name: str) -> str | None:
+        """The top_hash `latest` points to, or None if the package has no revision."""
+        key = f".quilt/named_packages/{name}/latest"
+        with mapped_errors(f"reading s3://{self.bucket}/{key}"):
+            try:
+                body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except bce.ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+        return body.decode().strip()
+
+    def revision(self, name: str, top_hash: str) -> RemoteRevision:
+        """A revision's manifest, read from S3 and checked against its top_hash."""
+        key = f".quilt/packages/{top_hash}"
+        with mapped_errors(f"reading manifest s3://{self.bucket}/{key}"):
+            data = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            pkg = quilt3.Package.load(io.BytesIO(data))
+        if pkg.top_hash != top_hash:
+            raise PermanentError(
+                f"manifest s3://{self.bucket}/{key} does not hash to its name; the registry is damaged"
+            )
+        return RemoteRevision(top_hash, dict(pkg._meta), _entries_of(pkg))
+
+    def latest_revision(self, name: str) -> RemoteRevision | None:
+        top = self.latest(name)
+        return None if top is None else self.revision(name, top)
+
+    def versions(self, name: str) -> list[tuple[int, str]]:
+        """(unix time, top_hash) of every revision pointer, oldest first."""
+        prefix = f".quilt/named_packages/{name}/"
+        out: list[tuple[int, str]] = []
+        with mapped_errors(f"listing s3://{self.bucket}/{prefix}"):
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    stamp = obj["Key"][len(prefix) :]
+                    if stamp.isdigit():
+                        body = self.s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
+                        out.append((int(stamp), body.decode().strip()))
+        return sorted(out)
+
+    # -- the push -------------------------------------------------------------
+    def push(
+        self,
+        name: str,
+        base: RemoteRevision | None,
+        uploads: Mapping[str, Path],
+        deletes: list[str],
+        message: str,
+    ) -> RemoteRevision:
+        """Push ``base`` with ``uploads`` set from local files and ``deletes`` removed.
+
+        Fails with PushConflict when `latest` is no longer ``base`` (another writer).
+        Returns the new revision with every entry's hash and versioned physical key.
+        """
+        pkg = _package(base.meta if base else {"version": "v0"}, base.entries if base else {})
+        if base is not None:
+            pkg._origin = PackageRevInfo(self.url, name, base.top_hash)
+        with mapped_errors(f"pushing {name} to {self.url}"):
+            for lk, path in uploads.items():
+                size = os.stat(path).st_size
+                pkg._set(lk, PackageEntry(PhysicalKey.from_path(str(path)), size, None, None))
+            for lk in deletes:
+                pkg.delete(lk)
+            # _push(print_info=False): the public push() prints, and to print the
+            # short hash it LISTs all of .quilt/packages/ (grows with history).
+            new = pkg._push(name, self.url, None, message, None, workflow=...,
+                            print_info=False, force=False, dedupe=False)
+        return RemoteRevision(new.top_hash, dict(new._meta), _entries_of(new))
+
+    # -- restore ---------------------------------------------------------------
+    def fetch(self, name: str, revision: RemoteRevision, dest: Path) -> None:
+        """Download every entry of ``revision`` under ``dest`` (keys already validated)."""
+        pkg = _package(revision.meta, revision.entries)
+        with mapped_errors(f"downloading {name}@{revision.top_hash[:12]}"):
+            pkg.fetch(str(dest) + "/")
