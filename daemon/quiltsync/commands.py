@@ -48,7 +48,7 @@ def push(ctx: Context, only: str | None) -> int:
         pusher = FolderPusher(folder, index)
         try:
             for _ in range(3):  # files that changed during a push are pushed again
-                result = push_with_retries(pusher)
+                result = push_with_retries(pusher, attempts=3)
                 if result.pushed:
                     ctx.emit(f"{result.package} {result.top_hash}")
                 if not result.changed_during_push:
