@@ -81,6 +81,7 @@ class FolderPusher:
         self.ignore = make_ignore_spec(folder.ignore)
         self.log = get_logger("quiltsync.push").bind(package=folder.package, registry=folder.registry)
         self._last: tuple[RemoteRevision, dict[str, Row]] | None = None
+        self._not_before = 0.0  # no push before this unix time (see _wait_for_next_second)
 
     # -- the pass ----------------------------------------------------------------
     def scan(self) -> Scan:
@@ -142,6 +143,8 @@ class FolderPusher:
         """The registry's latest, keeping what the index knows of local files."""
         rev = self.registry.latest_revision(self.folder.package)
         self._last = None
+        # The other writer's pointer is named by a second <= now: ours must not reuse it.
+        self._not_before = math.floor(self.clock()) + 1
         return _Base(rev, known.index, known.rows, False)
 
     def _hash_file(self, lk: str, hash_type: str) -> hashing.HashValue | None:
@@ -247,9 +250,8 @@ class FolderPusher:
         """quilt3 names revision pointers by unix second: two pushes of a package in
         one second would overwrite the first's pointer, hiding it from history."""
         rev = self.index.revision(self.folder.package)
-        if rev is None or not rev.pushed_at:
-            return
-        wait = math.floor(rev.pushed_at) + 1 - self.clock()
+        not_before = max(self._not_before, math.floor(rev.pushed_at) + 1 if rev and rev.pushed_at else 0)
+        wait = not_before - self.clock()
         if wait > 0:
             self.sleep(wait)
 

@@ -1,0 +1,110 @@
+"""bench/incremental: one changed file in a 10,000-file folder, quiltsync vs the naive loop.
+
+Both run against the same embedded local S3 in one process run:
+- quiltsync: a fresh FolderPusher and index handle each round (as a new
+  `quiltsync push` process would), scan + plan + incremental push;
+- naive: `Package().set_dir(".", folder).push(name, registry, force=True)`, the
+  loop people write by hand (without force it raises a conflict from the 2nd push).
+
+Prints S3 requests and wall time of each, and their ratios. Targets (issue 2):
+quiltsync <= 15 requests whatever the folder size, >= 50x fewer requests and
+>= 10x less wall time than the naive loop.
+
+    python bench/incremental.py [--files 10000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_TMP = Path(tempfile.mkdtemp(prefix="quiltsync-bench-"))
+os.environ.update(XDG_CACHE_HOME=str(_TMP / "cache"), XDG_DATA_HOME=str(_TMP / "data"),
+                  AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    os.environ.pop(var, None)
+sys.path.insert(0, str(ROOT / "daemon"))
+
+from quiltsync import logs, quilt_env  # noqa: E402
+from quiltsync.s3local import LocalS3  # noqa: E402
+
+quilt_env.prepare()  # before quilt3 is imported: no metrics, no progress bars
+
+
+def make_folder(path: Path, n: int) -> None:
+    for i in range(n):
+        d = path / f"d{i // 500:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05d}.bin").write_bytes(os.urandom(1536))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    logs.configure("warning", "console")
+    with LocalS3() as s3:
+        quilt_env.configure_s3(s3.endpoint_url, "us-east-1")
+        s3.create_bucket("bench", versioning=True)
+        return run(s3, args.files, args.rounds)
+
+
+def run(s3: LocalS3, n: int, rounds: int) -> int:
+    import quilt3
+
+    from quiltsync.config import FolderConfig
+    from quiltsync.index import Index
+    from quiltsync.pusher import FolderPusher
+
+    quilt_env.silence_quilt3_prints()
+    folder = _TMP / "folder"
+    make_folder(folder, n)
+    print(f"folder: {n} files of 1.5 KiB in {len(list(folder.iterdir()))} dirs; local S3 {s3.endpoint_url}")
+    cfg = FolderConfig(path=folder, package="bench/quiltsync", registry="s3://bench")
+    state = _TMP / "state" / "index.sqlite3"
+    t = time.perf_counter()
+    FolderPusher(cfg, Index(state)).push()
+    print(f"initial quiltsync push: {time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
+    quilt3.Package().set_dir(".", str(folder)).push("bench/naive", "s3://bench", force=True)
+    print(f"initial naive push:     {time.perf_counter() - t:.1f} s")
+
+    ours: list[tuple[int, float]] = []
+    naive: list[tuple[int, float]] = []
+    for r in range(rounds):
+        victim = folder / "d007" / f"f{3500 + r:05d}.bin"
+        victim.write_bytes(os.urandom(2048))
+        time.sleep(1.0)  # one push per second per package (quilt3 pointer names)
+        s3.reset_requests()
+        t = time.perf_counter()
+        result = FolderPusher(cfg, Index(state)).push()
+        ours.append((len(s3.requests), time.perf_counter() - t))
+        assert result.modified == 1 and result.files == n, result
+        s3.reset_requests()
+        t = time.perf_counter()
+        quilt3.Package().set_dir(".", str(folder)).push("bench/naive", "s3://bench", force=True)
+        naive.append((len(s3.requests), time.perf_counter() - t))
+        print(f"round {r + 1}: quiltsync {ours[-1][0]} requests {ours[-1][1]:.2f} s | "
+              f"naive {naive[-1][0]} requests {naive[-1][1]:.2f} s")
+
+    oq, ot = statistics.median(x[0] for x in ours), statistics.median(x[1] for x in ours)
+    nq, nt = statistics.median(x[0] for x in naive), statistics.median(x[1] for x in naive)
+    print()
+    print(f"{'':12}{'requests':>10}{'wall s':>10}")
+    print(f"{'quiltsync':12}{oq:>10.0f}{ot:>10.2f}")
+    print(f"{'naive loop':12}{nq:>10.0f}{nt:>10.2f}")
+    print(f"{'ratio':12}{nq / oq:>9.0f}x{nt / ot:>9.1f}x")
+    ok = max(x[0] for x in ours) <= 15 and nq / oq >= 50 and nt / ot >= 10
+    print(f"targets (<= 15 requests, >= 50x fewer requests, >= 10x less time): {'met' if ok else 'NOT met'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Pure parts: hashing, planning, scanning and key safety, without S3."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from quiltsync.hashing import HashValue, chunked_sha256
+from quiltsync.planner import RACY_NS, BaseEntry, IndexEntry, plan_push
+from quiltsync.restore import unsafe_key
+from quiltsync.scanner import FileStat, make_ignore_spec, scan_folder
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("size", [0, 1, 1023, 8 * MiB - 1, 8 * MiB, 8 * MiB + 1, 17 * MiB])
+def test_chunked_sha256_equals_quilt3s_own_checksum(tmp_path: Path, size: int) -> None:
+    """Our local hash equals quilt3's sha2-256-chunked for sizes around the part boundary."""
+    from quilt3 import checksums
+
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    expected = checksums.calculate_multipart_checksum_bytes(data, checksum_type=checksums.SHA256_CHUNKED_HASH_NAME)
+    assert chunked_sha256(tmp_path / "f") == HashValue("sha2-256-chunked", expected)
+
+
+H1, H2 = HashValue("sha2-256-chunked", "one"), HashValue("sha2-256-chunked", "two")
+OLD = 1_000_000_000_000_000_000
+
+
+def _base(**entries: HashValue) -> dict[str, BaseEntry]:
+    return {k: BaseEntry(h, 10, f"s3://b/{k}?versionId=v") for k, h in entries.items()}
+
+
+def _never(lk: str, t: str) -> HashValue:
+    raise AssertionError(f"{lk} should not be hashed")
+
+
+def test_plan_trusts_an_unchanged_stat_and_reads_nothing() -> None:
+    """Same stat as the index, long ago: unchanged without hashing."""
+    st = FileStat(10, OLD, 1)
+    plan = plan_push({"a": st}, {"a": IndexEntry(st, H1, OLD + 10 * RACY_NS)}, _base(a=H1), _never)
+    assert not plan.changes and plan.hashed == 0
+
+
+def test_plan_classifies_added_modified_and_deleted() -> None:
+    """New keys are added, a size change is modified, a missing key is deleted."""
+    idx = {"a": IndexEntry(FileStat(10, OLD, 1), H1, OLD * 2), "b": IndexEntry(FileStat(10, OLD, 2), H1, OLD * 2)}
+    scan = {"a": FileStat(11, OLD + 5, 1), "c": FileStat(3, OLD, 3)}
+    plan = plan_push(scan, idx, _base(a=H1, b=H1), _never)
+    assert (plan.added, plan.modified, plan.deleted) == (["c"], ["a"], ["b"])
+
+
+def test_plan_hashes_a_racy_or_touched_file_and_keeps_equal_content() -> None:
+    """A stat recorded within the racy window, or a new mtime with the same size, is decided by hash."""
+    st = FileStat(10, OLD, 1)
+    racy = {"a": IndexEntry(st, H1, OLD + 1)}
+    same = plan_push({"a": st}, racy, _base(a=H1), lambda lk, t: H1)
+    changed = plan_push({"a": st}, racy, _base(a=H1), lambda lk, t: H2)
+    assert not same.changes and same.refresh == {"a": H1} and same.hashed == 1
+    assert changed.modified == ["a"]
+
+
+@pytest.mark.parametrize("key,bad", [
+    ("a/b.txt", False), ("..x/y", False), ("../etc/passwd", True), ("/etc/passwd", True),
+    ("a/../../b", True), ("a//b", True), ("./a", True), ("a\\..\\b", True),
+])
+def test_restore_rejects_keys_that_escape_the_destination(key: str, bad: bool) -> None:
+    """Absolute keys, `..` and empty segments can never name a path outside DEST."""
+    assert (unsafe_key(key) is not None) == bad
+
+
+def test_scan_skips_special_files_and_links_out_of_the_root(tmp_path: Path) -> None:
+    """FIFOs, sockets and symlinks leading outside are skipped with a reason; the rest is scanned."""
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "ok.txt").write_text("ok")
+    (tmp_path / "secret").write_text("outside")
+    os.symlink(tmp_path / "secret", root / "leak")
+    os.symlink(root / "sub" / "ok.txt", root / "inside-link")
+    os.symlink(root, root / "sub" / "loop")
+    os.mkfifo(root / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "sock"))
+    try:
+        scan = scan_folder(root, make_ignore_spec([]))
+    finally:
+        sock.close()
+    assert set(scan.files) == {"sub/ok.txt", "inside-link"}
+    reasons = {Path(s.path).name: s.reason for s in scan.skipped}
+    assert "outside" in reasons["leak"] and "FIFO" in reasons["fifo"] and "FIFO" in reasons["sock"]
+
+
+def test_scan_skips_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """A non-UTF-8 file name is skipped with a warning; its neighbours are scanned."""
+    (tmp_path / "good.txt").write_text("g")
+    with open(os.path.join(os.fsencode(tmp_path), b"bad-\xff.txt"), "wb") as f:
+        f.write(b"b")
+    scan = scan_folder(tmp_path, make_ignore_spec([]))
+    assert set(scan.files) == {"good.txt"}
+    assert any("UTF-8" in s.reason for s in scan.skipped)
+
+
+def test_our_top_hash_equals_quilt3s_for_nested_unicode_keys_and_metadata() -> None:
+    """The index is verified with our top_hash; it must equal quilt3's in quilt3's walk order."""
+    import quilt3
+    from quilt3.packages import PackageEntry
+    from quilt3.util import PhysicalKey
+
+    from quiltsync.registry import top_hash_of
+
+    keys = ["a-c", "a/b", "a/b0/c", "a.b", "Z", "é/ü.txt", "名前", "a/b-", "a b/c", "a_/x"]
+    entries = {k: BaseEntry(HashValue("sha2-256-chunked", f"h{i}"), i, f"s3://b/{k}?versionId=v{i}",
+                            {"n": i} if i % 3 == 0 else None) for i, k in enumerate(keys)}
+    meta = {"version": "v0", "message": "ünïcode message", "user_meta": {"k": [1, 2]}}
+    pkg = quilt3.Package()
+    pkg._meta = dict(meta)
+    for k, e in entries.items():
+        pkg._set(k, PackageEntry(PhysicalKey.from_url(e.physical_key), e.size, e.hash.as_manifest(), e.meta))
+    assert top_hash_of(meta, entries) == pkg.top_hash
