@@ -248,3 +248,27 @@ def test_a_same_size_rewrite_right_after_a_push_is_not_missed(setup: Setup) -> N
     again = pusher.push()
     assert again.pushed and again.parent_top_hash == result.top_hash
     assert manifest_files(setup, again.top_hash)["log.txt"] == b"third!"
+
+
+def test_a_crash_between_push_and_index_commit_converges_without_a_duplicate_revision(setup: Setup, local_s3) -> None:
+    """If the index misses the last push (process killed before its commit), the next pass adopts it."""
+    import sqlite3
+
+    _fill(setup.folder, n=5)
+    setup.pusher().push()
+    saved = setup.root / "index-before.sqlite3"
+    src = sqlite3.connect(setup.state_dir / "index.sqlite3")
+    dst = sqlite3.connect(saved)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    (setup.folder / "file-002.bin").write_bytes(b"pushed, but the index never heard of it" * 40)
+    second = setup.pusher().push()
+    for suffix in ("", "-wal", "-shm"):
+        (setup.state_dir / f"index.sqlite3{suffix}").unlink(missing_ok=True)
+    os.replace(saved, setup.state_dir / "index.sqlite3")
+    local_s3.reset_requests()
+    third = setup.pusher().push()
+    assert not third.pushed and third.top_hash == second.top_hash
+    assert _object_puts(local_s3.requests) == []
+    assert [t for _, t in setup.registry_api().versions(setup.package)][-1] == second.top_hash
