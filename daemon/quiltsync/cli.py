@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
+    sub.add_parser("run", parents=[common], help="the daemon, in the foreground (systemd Type=notify)")
+
     push = sub.add_parser("push", parents=[common], help="one reconcile-and-push pass now")
     push.add_argument("--folder", metavar="PACKAGE", help="only the folder of this package")
 
@@ -73,6 +75,10 @@ def _dispatch(args: argparse.Namespace, out: object) -> int:
 
         return run_demo(args.workdir, out)
     ctx = commands.Context.load(getattr(args, "config", None), out)
+    if args.command == "run":
+        from quiltsync.daemon import run_daemon
+
+        return run_daemon(ctx.config_path, ctx.config)
     if args.command == "push":
         return commands.push(ctx, args.folder)
     if args.command == "status":

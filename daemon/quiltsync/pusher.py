@@ -94,7 +94,9 @@ class FolderPusher:
             self.log.warning("scan.skipped", path=s.path, reason=s.reason)
         return scan
 
-    def push(self) -> PushResult:
+    def push(self, *, defer_moving: bool = False) -> PushResult:
+        """One pass. ``defer_moving``: a file whose stat changed since the scan (still
+        being written) is left for the next pass instead of being pushed half-written."""
         started = time.monotonic()
         recorded_ns = time.time_ns()
         scan = self.scan()
@@ -115,7 +117,7 @@ class FolderPusher:
                                   _top(base.revision), files=len(scan.files))
             self._check_safe(plan, scan, base)
             try:
-                return self._push_plan(plan, scan, base, started, recorded_ns)
+                return self._push_plan(plan, scan, base, started, recorded_ns, defer_moving)
             except PushConflict as e:
                 self.log.warning("push.conflict", expected=_top(base.revision), detail=str(e))
                 base = self._remote_base(base)
@@ -164,23 +166,29 @@ class FolderPusher:
 
     # -- pushing ------------------------------------------------------------------
     def _push_plan(self, plan: Plan, scan: Scan, base: _Base, started: float,
-                   recorded_ns: int) -> PushResult:
+                   recorded_ns: int, defer_moving: bool = False) -> PushResult:
         uploads: dict[str, Path] = {}
         set_stats: dict[str, FileStat] = {}
         vanished: list[str] = []
         for lk in plan.uploads:
             path = self.folder.path / lk
             try:
-                set_stats[lk] = FileStat.of(os.stat(path))
+                st = FileStat.of(os.stat(path))
             except OSError:
                 vanished.append(lk)
                 continue
+            if defer_moving and st != scan.files[lk]:
+                vanished.append(lk)  # still being written: next round
+                continue
+            set_stats[lk] = st
             uploads[lk] = path
         set_ns = time.time_ns()
         if not uploads and not plan.deleted:
             return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
                               _top(base.revision), files=len(scan.files), changed_during_push=vanished)
         self._wait_for_next_second()
+        self.log.info("push.started", uploads=len(uploads), deletes=len(plan.deleted),
+                      parent_top_hash=_top(base.revision))
         counts = {"added": len([k for k in plan.added if k in uploads]),
                   "modified": len([k for k in plan.modified if k in uploads]),
                   "deleted": len(plan.deleted)}

@@ -1,0 +1,172 @@
+"""The only module that imports watchdog: one observer, one recursive watch per folder.
+
+Events are hints that mark paths dirty, never the source of truth: every push
+scans the folder. Two traps from FACTS.md are handled here:
+- the default event mask floods the kernel queue during watchdog's own start-up
+  walk on large trees (and 7.1.0 answers each overflow by re-adding every watch):
+  we schedule with the narrow ``EVENT_FILTER``;
+- an overflow is never delivered to handlers, only logged by watchdog: a logging
+  handler on watchdog's inotify loggers turns that warning into ``on_overflow``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pathspec
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+EVENT_FILTER = [FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent,
+                FileModifiedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
+
+OnChange = Callable[[str, str | None], None]  # (package, relative path or None for "rescan")
+
+
+@dataclass(slots=True)
+class _Watched:
+    package: str
+    root: Path
+    identity: tuple[int, int]  # (st_dev, st_ino) of the root when watched
+    watch: object
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, package: str, root: Path, ignore: pathspec.PathSpec, on_change: OnChange) -> None:
+        self.package = package
+        self.root = str(root)
+        self.prefix = self.root.rstrip("/") + "/"
+        self.ignore = ignore
+        self.on_change = on_change
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        for p in paths:
+            if isinstance(p, bytes):
+                p = os.fsdecode(p)
+            if not p:
+                continue
+            if p == self.root:
+                # the root itself was deleted or moved: the daemon checks and re-watches
+                self.on_change(self.package, None)
+                continue
+            if not p.startswith(self.prefix):
+                continue
+            rel = p[len(self.prefix):]
+            check = rel + "/" if event.is_directory else rel
+            if self.ignore.match_file(check):
+                continue
+            self.on_change(self.package, rel)
+
+
+class _OverflowHandler(logging.Handler):
+    """watchdog logs overflows and tells no handler: turn the log record into a call."""
+
+    def __init__(self, on_overflow: Callable[[str | None], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.on_overflow = on_overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" not in str(record.msg).lower():
+            return
+        path = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        self.on_overflow(str(path) if path is not None else None)
+
+
+class Watcher:
+    def __init__(self, on_change: OnChange, on_overflow: Callable[[str | None], None]) -> None:
+        self.on_change = on_change
+        self.observer = Observer()
+        self.observer.daemon = True
+        self._watched: dict[str, _Watched] = {}
+        self._lock = threading.Lock()
+        self._overflow = _OverflowHandler(on_overflow)
+        for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+            logging.getLogger(name).addHandler(self._overflow)
+
+    def start(self) -> None:
+        self.observer.start()
+
+    def stop(self) -> None:
+        for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+            logging.getLogger(name).removeHandler(self._overflow)
+        self.observer.stop()
+        self.observer.join(timeout=10)
+
+    def watch(self, package: str, root: Path, ignore: pathspec.PathSpec) -> None:
+        """Watch a folder recursively; raises OSError if the root is missing or unreadable."""
+        self.unwatch(package)
+        st = os.stat(root)
+        os.listdir(root)  # unreadable roots give an observer that never fires (FACTS.md)
+        handler = _Handler(package, root, ignore, self.on_change)
+        w = self.observer.schedule(handler, str(root), recursive=True, event_filter=EVENT_FILTER)
+        with self._lock:
+            self._watched[package] = _Watched(package, root, (st.st_dev, st.st_ino), w)
+
+    def unwatch(self, package: str) -> None:
+        with self._lock:
+            w = self._watched.pop(package, None)
+        if w is not None:
+            try:
+                self.observer.unschedule(w.watch)  # type: ignore[arg-type]
+            except (KeyError, OSError):
+                pass
+
+    def is_watching(self, package: str) -> bool:
+        with self._lock:
+            return package in self._watched
+
+    def lost(self) -> list[str]:
+        """Folders whose root vanished or was replaced since it was watched."""
+        with self._lock:
+            items = list(self._watched.values())
+        out = []
+        for w in items:
+            try:
+                st = os.stat(w.root)
+                if (st.st_dev, st.st_ino) != w.identity:
+                    out.append(w.package)
+            except OSError:
+                out.append(w.package)
+        return out
+
+    def package_for(self, path: str) -> str | None:
+        with self._lock:
+            for w in self._watched.values():
+                if path == str(w.root) or path.startswith(str(w.root).rstrip("/") + "/"):
+                    return w.package
+        return None
+
+
+def installed_watches() -> int:
+    """inotify watches this process holds (from /proc/self/fdinfo), or -1 if unknown."""
+    total, found = 0, False
+    try:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                    continue
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    total += sum(1 for line in f if line.startswith("inotify wd:"))
+                found = True
+            except OSError:
+                continue
+    except OSError:
+        return -1
+    return total if found else -1
