@@ -1,0 +1,233 @@
+"""`quiltsync run` as a process: real files, real inotify, the real local S3, a notify socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Setup, manifest_files, write_config
+from daemonproc import DaemonProcess, NotifySocket
+
+FAST = "settle_seconds = 0.5\nmax_delay_seconds = 5\n"
+
+
+@pytest.fixture
+def fast(setup: Setup) -> Setup:
+    write_config(setup.config_path, setup.folder, setup.package, setup.registry, setup.endpoint,
+                 setup.state_dir, FAST)
+    return setup
+
+
+@pytest.fixture
+def daemon(fast: Setup) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(fast.config_path)
+    d.wait_for(lambda e: e.get("event") == "rescan.completed", timeout=60)
+    yield d
+    d.kill()
+
+
+def _completed(e: dict) -> bool:
+    return e.get("event") == "push.completed"
+
+
+def test_a_write_is_pushed_and_the_logged_top_hash_is_the_registry_latest(fast: Setup, daemon) -> None:
+    """One write: one push.completed whose top_hash is `latest` and holds the bytes."""
+    (fast.folder / "hello.txt").write_text("hello")
+    done = daemon.wait_for(_completed, timeout=30)
+    assert fast.registry_api().latest(fast.package) == done["top_hash"]
+    assert manifest_files(fast, done["top_hash"]) == {"hello.txt": b"hello"}
+
+
+def test_a_burst_of_1000_writes_gives_one_or_two_pushes_holding_all_of_them(fast: Setup, daemon) -> None:
+    """A burst is debounced into at most two revisions; the last has every file."""
+    mark = daemon.event_count()
+    for i in range(1000):
+        (fast.folder / f"f{i:04d}.txt").write_text(str(i))
+    daemon.wait_for(lambda e: _completed(e) and e["files"] == 1000, timeout=120, after=mark)
+    time.sleep(2)
+    pushes = [e for e in daemon.of("push.completed")]
+    assert 1 <= len(pushes) <= 2
+    files = manifest_files(fast, fast.registry_api().latest(fast.package))
+    assert len(files) == 1000 and files["f0999.txt"] == b"999"
+
+
+def test_a_file_written_continuously_past_max_delay_still_gets_pushed(setup: Setup) -> None:
+    """Writes that never settle are pushed within max_delay, not postponed forever."""
+    write_config(setup.config_path, setup.folder, setup.package, setup.registry, setup.endpoint,
+                 setup.state_dir, "settle_seconds = 1.0\nmax_delay_seconds = 3\n")
+    d = DaemonProcess(setup.config_path)
+    try:
+        d.wait_for(lambda e: e.get("event") == "rescan.completed")
+        stop = threading.Event()
+
+        def writer() -> None:
+            with open(setup.folder / "log.txt", "a") as f:
+                while not stop.is_set():
+                    f.write("line\n")
+                    f.flush()
+                    time.sleep(0.1)
+
+        t = threading.Thread(target=writer)
+        started = time.monotonic()
+        t.start()
+        try:
+            d.wait_for(_completed, timeout=20)
+            assert time.monotonic() - started < 12
+        finally:
+            stop.set()
+            t.join()
+        size = (setup.folder / "log.txt").stat().st_size
+        d.wait_for(lambda e: _completed(e) and e["bytes_uploaded"] == size, timeout=30)
+    finally:
+        d.kill()
+
+
+def test_edits_made_while_the_daemon_was_stopped_are_pushed_at_start(fast: Setup) -> None:
+    """A restart reconciles: files changed while it was down are pushed without any event."""
+    (fast.folder / "a.txt").write_text("one")
+    first = fast.pusher().push()
+    (fast.folder / "a.txt").write_text("two!")
+    (fast.folder / "b.txt").write_text("new")
+    d = DaemonProcess(fast.config_path)
+    try:
+        done = d.wait_for(_completed, timeout=60)
+        assert done["parent_top_hash"] == first.top_hash
+        assert (done["added"], done["modified"]) == (1, 1)
+    finally:
+        d.kill()
+
+
+def test_an_atomic_save_is_pushed_as_the_target_name_only(fast: Setup, daemon) -> None:
+    """Editors save to a temp file and rename it: only the target name is in the revision."""
+    tmp = fast.folder / ".report.json.tmp-1234"
+    tmp.write_text('{"v": 2}')
+    os.rename(tmp, fast.folder / "report.json")
+    done = daemon.wait_for(_completed, timeout=30)
+    assert manifest_files(fast, done["top_hash"]) == {"report.json": b'{"v": 2}'}
+
+
+def test_notify_messages_arrive_in_order(fast: Setup) -> None:
+    """READY, STATUS, WATCHDOG, then on SIGHUP RELOADING (with MONOTONIC_USEC) and READY, then STOPPING."""
+    sock = NotifySocket()
+    d = DaemonProcess(fast.config_path, env={"WATCHDOG_USEC": "1000000"}, notify=sock)
+    try:
+        d.wait_for(lambda e: e.get("event") == "rescan.completed")
+        time.sleep(1.5)
+        d.signal(signal.SIGHUP)
+        d.wait_for(lambda e: e.get("event") == "daemon.reloaded")
+        time.sleep(0.3)
+        assert d.stop() == 0
+        time.sleep(0.3)
+        msgs = sock.snapshot()
+    finally:
+        d.kill()
+        sock.close()
+    kinds = [m.split("\n")[0].split("=")[0] for m in msgs]
+    ready = kinds.index("READY")
+    assert "STATUS=" in msgs[ready] and "folders" in msgs[ready]
+    assert "WATCHDOG" in kinds[ready:]
+    reloading = kinds.index("RELOADING")
+    assert reloading > ready and "MONOTONIC_USEC=" in msgs[reloading]
+    assert "READY" in kinds[reloading:]
+    assert kinds[-1] == "STOPPING"
+    assert any(k == "STATUS" for k in kinds)
+
+
+def test_sighup_adds_a_folder_without_a_restart(fast: Setup, daemon) -> None:
+    """A folder added to the config is watched and pushed after SIGHUP."""
+    second = fast.root / "second"
+    second.mkdir()
+    text = fast.config_path.read_text()
+    text += f'[[folder]]\npath = "{second}"\npackage = "team/second"\nregistry = "{fast.registry}"\n{FAST}'
+    fast.config_path.write_text(text)
+    daemon.signal(signal.SIGHUP)
+    reloaded = daemon.wait_for(lambda e: e.get("event") == "daemon.reloaded")
+    assert reloaded["added"] == ["team/second"]
+    daemon.wait_for(lambda e: e.get("event") == "watch.started" and e["package"] == "team/second")
+    (second / "new.txt").write_text("in the new folder")
+    done = daemon.wait_for(lambda e: _completed(e) and e["package"] == "team/second", timeout=30)
+    assert fast.registry_api().latest("team/second") == done["top_hash"]
+
+
+def test_an_invalid_config_on_sighup_is_reported_and_the_old_one_kept(fast: Setup, daemon) -> None:
+    """A broken config is not applied: the daemon says why and keeps pushing the old folders."""
+    good = fast.config_path.read_text()
+    fast.config_path.write_text(good + "bogus_key = 1\n")
+    daemon.signal(signal.SIGHUP)
+    failed = daemon.wait_for(lambda e: e.get("event") == "daemon.reload_failed")
+    assert "bogus_key" in failed["error"]
+    (fast.folder / "still.txt").write_text("still pushed")
+    daemon.wait_for(_completed, timeout=30)
+
+
+def test_sigterm_during_a_push_leaves_registry_and_index_consistent(fast: Setup, daemon) -> None:
+    """SIGTERM while a large file uploads: the push completes, exit 0, and a new pass finds nothing to do."""
+    (fast.folder / "big.bin").write_bytes(os.urandom(24 * 1024 * 1024))
+    daemon.wait_for(lambda e: e.get("event") == "push.started", timeout=30)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.stop() == 0
+    done = daemon.of("push.completed")
+    assert done and fast.registry_api().latest(fast.package) == done[-1]["top_hash"]
+    assert daemon.of("daemon.stopping")
+    again = fast.pusher().push()
+    assert not again.pushed and again.top_hash == done[-1]["top_hash"]
+
+
+def test_a_removed_watched_root_pushes_nothing(fast: Setup, daemon) -> None:
+    """Deleting the watched folder is reported, never pushed as an empty revision."""
+    import shutil
+
+    (fast.folder / "keep.txt").write_text("keep")
+    done = daemon.wait_for(_completed, timeout=30)
+    shutil.rmtree(fast.folder)
+    daemon.wait_for(lambda e: e.get("event") in ("watch.lost", "push.refused"), timeout=30)
+    time.sleep(3)
+    assert fast.registry_api().latest(fast.package) == done["top_hash"]
+    assert len(daemon.of("push.completed")) == 1
+    assert daemon.proc.poll() is None  # still running, retrying
+
+
+def _lower_inotify_queue(limit: int) -> Iterator[bool]:
+    path = Path("/proc/sys/fs/inotify/max_queued_events")
+    try:
+        old = path.read_text()
+        path.write_text(str(limit))
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        path.write_text(old)
+
+
+def test_a_burst_that_overflows_the_kernel_queue_still_ends_with_every_file(fast: Setup) -> None:
+    """Lost events are recovered by a rescan: every file of the burst is in the latest revision."""
+    gen = _lower_inotify_queue(64)
+    lowered = next(gen)
+    n = 1500 if lowered else 20_000
+    d = DaemonProcess(fast.config_path)
+    try:
+        try:
+            d.wait_for(lambda e: e.get("event") == "watch.started")
+        finally:
+            # the limit is read when the inotify instance is created: restore it then
+            for _ in gen:
+                pass
+        d.wait_for(lambda e: e.get("event") == "rescan.completed")
+        for i in range(n):
+            sub = fast.folder / f"d{i % 50:02d}"
+            sub.mkdir(exist_ok=True)
+            (sub / f"f{i:05d}.txt").write_text(str(i))
+        d.wait_for(lambda e: _completed(e) and e["files"] == n, timeout=240)
+        if lowered:
+            assert d.of("watch.overflow"), "the lowered kernel queue should have overflowed"
+        assert len(manifest_files(fast, fast.registry_api().latest(fast.package))) == n
+    finally:
+        d.kill()
