@@ -1,17 +1,26 @@
 """`quiltsync demo` (behind `make demo`): the whole loop on an embedded local S3.
 
-Starts moto's S3 on 127.0.0.1 with a versioned bucket, versions a demo folder,
-edits it, pushes again (only the change is uploaded: the request count shows it),
-lists the history, then restores the first revision and shows its old bytes.
+Starts moto's S3 on 127.0.0.1 with a versioned bucket and `quiltsync run` (the
+daemon, as a separate process) on a demo folder; a script writes, edits and
+deletes files, and each top_hash is shown as the daemon logs it (only the change
+is uploaded: the request count shows it). Then it stops the daemon, lists the
+history, restores the first revision and shows its old bytes.
 Everything lives in a temporary directory (or --workdir), including quilt3's
 cache, so the user's own Quilt cache and credentials are never touched.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import queue
+import signal
+import subprocess
+import sys
 import tempfile
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +52,17 @@ def run_demo(workdir: Path | None, out: Any) -> int:
 
 def _walkthrough(base: Path, s3: Any, say: _Printer) -> int:
     from quiltsync import quilt_env
-    from quiltsync.config import parse_config
-    from quiltsync.index import Index
-    from quiltsync.pusher import FolderPusher
     from quiltsync.registry import Registry
     from quiltsync.restore import restore
 
+    quilt_env.configure_s3(s3.endpoint_url, "us-east-1")
     folder = base / "experiments"
     folder.mkdir(exist_ok=True)
-    (folder / "README.txt").write_text("Experiment notes, version 1\n")
-    (folder / "params.json").write_text('{"learning_rate": 0.1, "epochs": 10}\n')
-    (folder / "data").mkdir(exist_ok=True)
-    for i in range(20):
-        (folder / "data" / f"sample-{i:02d}.csv").write_text(f"id,value\n{i},{i * i}\n" * 200)
-    (folder / "editor.swp").write_text("ignored by the built-in rules")
-    config_text = textwrap.dedent(f"""\
+    config_path = base / "config.toml"
+    config_path.write_text(textwrap.dedent(f"""\
         [daemon]
         state_dir = "{base / 'state'}"
+        log_format = "json"
         [s3]
         endpoint_url = "{s3.endpoint_url}"
         region = "us-east-1"
@@ -67,47 +70,99 @@ def _walkthrough(base: Path, s3: Any, say: _Printer) -> int:
         path = "{folder}"
         package = "{PACKAGE}"
         registry = "s3://{BUCKET}"
-        """)
-    (base / "config.toml").write_text(config_text)
-    config = parse_config(config_text, source=str(base / "config.toml"))
-    quilt_env.configure_s3(config.s3.endpoint_url, config.s3.region)
-    pusher = FolderPusher(config.folder[0], Index(config.daemon.state_dir / "index.sqlite3"))
-    say.step(f"demo folder {folder}: 22 files (editor.swp is ignored)")
+        settle_seconds = 1.0
+        max_delay_seconds = 10.0
+        """))
+    say.step(f"starting `quiltsync --config {config_path} run` on {folder}")
+    daemon = _DaemonLog([sys.executable, "-m", "quiltsync", "--config", str(config_path), "run"], say)
+    try:
+        daemon.wait("rescan.completed")  # the start-up reconcile of the (empty) folder
+        say.step("writing 22 files (and an editor swap file, which the built-in rules ignore)")
+        (folder / "README.txt").write_text("Experiment notes, version 1\n")
+        (folder / "params.json").write_text('{"learning_rate": 0.1, "epochs": 10}\n')
+        (folder / "data").mkdir(exist_ok=True)
+        for i in range(20):
+            (folder / "data" / f"sample-{i:02d}.csv").write_text(f"id,value\n{i},{i * i}\n" * 200)
+        (folder / ".params.json.swp").write_text("ignored")
+        first = daemon.wait_push(files=22)
 
-    first = pusher.push()
-    say.result(f"revision 1: {first.top_hash}  ({first.added} files added)")
+        say.step("editing params.json and adding data/sample-20.csv")
+        s3.reset_requests()
+        (folder / "params.json").write_text('{"learning_rate": 0.05, "epochs": 20}\n')
+        (folder / "data" / "sample-20.csv").write_text("id,value\n20,400\n")
+        daemon.wait_push(files=23)
+        uploads = [r for r in s3.requests if r.method == "PUT" and not r.is_quilt_metadata]
+        say.result(f"only the change went up: {len(uploads)} file uploads, {len(s3.requests)} S3 requests")
 
-    (folder / "params.json").write_text('{"learning_rate": 0.05, "epochs": 20}\n')
-    (folder / "data" / "sample-21.csv").write_text("id,value\n21,441\n")
-    s3.reset_requests()
-    second = pusher.push()
-    uploads = [r for r in s3.requests if r.method == "PUT" and not r.is_quilt_metadata]
-    say.step("edited params.json, added data/sample-21.csv")
-    say.result(f"revision 2: {second.top_hash}  ({second.added} added, {second.modified} modified; "
-               f"{len(uploads)} file uploads, {len(s3.requests)} S3 requests in all)")
-
-    (folder / "data" / "sample-00.csv").unlink()
-    third = pusher.push()
-    say.step("deleted data/sample-00.csv")
-    say.result(f"revision 3: {third.top_hash}  ({third.deleted} deleted, {third.files} files)")
-
-    s3.reset_requests()
-    again = pusher.push()
-    say.step(f"nothing changed: pushed={again.pushed}, {len(s3.requests)} S3 request(s) (the latest pointer)")
+        say.step("deleting data/sample-00.csv")
+        (folder / "data" / "sample-00.csv").unlink()
+        daemon.wait_push(files=22)
+    finally:
+        code = daemon.stop()
+        say.step(f"daemon stopped (exit {code})")
 
     reg = Registry(f"s3://{BUCKET}")
     say.step(f"history of {PACKAGE}:")
-    for stamp, top in reg.versions(PACKAGE):
+    for _stamp, top in reg.versions(PACKAGE):
         say.result(f"{top}  {reg.revision(PACKAGE, top).meta.get('message')}")
 
-    dest = base / "restored-revision-1"
-    report = restore(reg, PACKAGE, first.top_hash or "", dest)
-    say.step(f"restored revision 1 into {dest}: {report.verified}/{report.files} files verified")
+    dest = base / "restored-first-revision"
+    report = restore(reg, PACKAGE, first, dest)
+    say.step(f"restored the first revision {first[:12]} into {dest}: "
+             f"{report.verified}/{report.files} files verified")
     say.result("params.json then: " + (dest / "params.json").read_text().strip())
     say.result("params.json now:  " + (folder / "params.json").read_text().strip())
-    ok = (dest / "params.json").read_text() != (folder / "params.json").read_text() and report.verified == report.files
+    ok = (dest / "params.json").read_text() != (folder / "params.json").read_text() \
+        and report.verified == report.files and code == 0
     say.step("demo finished: " + ("old bytes restored and verified" if ok else "FAILED"))
     return 0 if ok else 1
+
+
+class _DaemonLog:
+    """Runs the daemon and shows each push.completed as it is logged."""
+
+    def __init__(self, argv: list[str], say: _Printer) -> None:
+        self.say = say
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        self.events: queue.Queue[dict] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "push.completed":
+                self.say.result(f"daemon logged push.completed top_hash={event['top_hash']} "
+                                f"(+{event['added']} ~{event['modified']} -{event['deleted']}, "
+                                f"{event['files']} files, {event['duration_ms']} ms)")
+            elif event.get("level") in ("warning", "error"):
+                self.say.result(f"daemon {event['level']}: {event.get('event')} "
+                                f"{event.get('error') or event.get('reason') or ''}")
+            self.events.put(event)
+
+    def wait(self, name: str, timeout: float = 60.0, **fields: Any) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                e = self.events.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"the daemon did not log {name} within {timeout:.0f}s") from None
+            if e.get("event") == name and all(e.get(k) == v for k, v in fields.items()):
+                return e
+
+    def wait_push(self, files: int) -> str:
+        return str(self.wait("push.completed", files=files)["top_hash"])
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
 
 
 class _Printer:
