@@ -112,7 +112,8 @@ class FolderPusher:
                     base = self._remote_base(base)
                     continue
                 self._adopt(base, plan, scan, recorded_ns)
-                self.log.info("push.skipped", reason="no changes", files=len(scan.files))
+                self.log.info("push.skipped", reason="no changes", files=len(scan.files),
+                              hashed=plan.hashed)
                 return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
                                   _top(base.revision), files=len(scan.files))
             self._check_safe(plan, scan, base)
@@ -215,7 +216,7 @@ class FolderPusher:
         self.log.info("push.completed", top_hash=result.top_hash, parent_top_hash=result.parent_top_hash,
                       added=result.added, modified=result.modified, deleted=result.deleted,
                       files=result.files, bytes_uploaded=result.bytes_uploaded,
-                      duration_ms=result.duration_ms)
+                      duration_ms=result.duration_ms, hashed=plan.hashed)
         if result.changed_during_push:
             self.log.info("push.changed_during_push", paths=result.changed_during_push[:20],
                           count=len(result.changed_during_push))
