@@ -156,8 +156,8 @@ def test_a_new_process_builds_the_next_revision_without_reading_a_manifest(setup
     assert not [r for r in local_s3.requests if r.method == "GET" and "/.quilt/packages/" in r.path]
 
 
-def test_a_tampered_index_is_rebuilt_from_the_registry_without_uploading(setup: Setup, local_s3) -> None:
-    """An index that no longer reproduces its top_hash is not trusted; unchanged files are not re-uploaded."""
+def test_a_tampered_index_is_never_built_on(setup: Setup, local_s3) -> None:
+    """Index rows that no longer reproduce their top_hash are replaced from the registry before a push."""
     import sqlite3
 
     _fill(setup.folder, n=10)
@@ -166,14 +166,14 @@ def test_a_tampered_index_is_rebuilt_from_the_registry_without_uploading(setup: 
     db.execute("UPDATE entry SET hash = 'AAAA' WHERE logical_key = 'file-002.bin'")
     db.commit()
     db.close()
+    (setup.folder / "file-005.bin").write_bytes(b"an edit after the index was damaged")
     local_s3.reset_requests()
     result = setup.pusher().push()
-    assert not result.pushed and result.top_hash == first.top_hash
-    assert _object_puts(local_s3.requests) == []
-    # and the index is sound again: the next new process trusts it
-    local_s3.reset_requests()
-    setup.pusher().push()
-    assert not [r for r in local_s3.requests if "/.quilt/packages/" in r.path]
+    assert result.parent_top_hash == first.top_hash and result.modified == 1
+    assert _object_puts(local_s3.requests) == [f"/{setup.registry[5:]}/team/data/file-005.bin"]
+    old = setup.registry_api().revision(setup.package, first.top_hash).entries["file-002.bin"]
+    new = setup.registry_api().revision(setup.package, result.top_hash).entries["file-002.bin"]
+    assert new.hash == old.hash and new.hash.value != "AAAA"
 
 
 def test_a_missing_index_is_rebuilt_from_the_registry_and_the_folder(setup: Setup, local_s3) -> None:

@@ -121,3 +121,25 @@ def test_our_top_hash_equals_quilt3s_for_nested_unicode_keys_and_metadata() -> N
     for k, e in entries.items():
         pkg._set(k, PackageEntry(PhysicalKey.from_url(e.physical_key), e.size, e.hash.as_manifest(), e.meta))
     assert top_hash_of(meta, entries) == pkg.top_hash
+
+
+@pytest.mark.parametrize("extra", [[], ["*.log", "scratch/", "/top-only.txt", "deep/**/x"], ["*.log", "!keep.log"]])
+def test_ignore_rules_agree_with_gitignore_semantics_of_pathspec(extra: list[str]) -> None:
+    """The one-regex fast path decides exactly as pathspec's GitIgnoreSpec does."""
+    import pathspec
+
+    from quiltsync.scanner import DEFAULT_IGNORES
+
+    rules = make_ignore_spec(extra)
+    spec = pathspec.GitIgnoreSpec.from_lines([*DEFAULT_IGNORES, *extra])
+    paths = ["a.txt", "x.swp", "sub/.x.swp", ".git/", "sub/.git/", ".git/HEAD", "#auto#", "sub/#a#",
+             "run.log", "keep.log", "scratch/", "scratch/f", "top-only.txt", "sub/top-only.txt",
+             "deep/a/b/x", "deep/x", "4913", "a4913", "notes~", ".#lock", "file.part", "partial",
+             ".quiltsync-restore-x/", "d/Thumbs.db", "ok/.DS_Store"]
+    assert {p: rules.match_file(p) for p in paths} == {p: spec.match_file(p) for p in paths}
+    for p in paths:  # the scanner's per-entry check, for entries whose parents are not ignored
+        rel = p.rstrip("/")
+        parents = [rel[: i + 1] for i, c in enumerate(rel) if c == "/"]
+        if not any(spec.match_file(d) for d in parents):
+            assert rules.match_entry(rel, rel.rsplit("/", 1)[-1], p.endswith("/")) == spec.match_file(p), p
+    assert rules.match_file("#auto#") and rules.match_file("x.swp") and not rules.match_file("a.txt")

@@ -67,7 +67,7 @@ def status(ctx: Context, *, as_json: bool) -> int:
     rows = []
     for f in ctx.config.folder:
         rev = index.revision(f.package)
-        snap_index = {lk: r.index_entry for lk, r in index.rows(f.package).items()}
+        snap_index = index.rows(f.package)
         try:
             scan = scan_folder(f.path, make_ignore_spec(f.ignore))
             pending: int | None = pending_changes(scan.files, snap_index)

@@ -6,9 +6,9 @@ went into the manifest (hash, size, physical key with versionId, entry metadata)
 That is enough for a new process to rebuild the last revision in memory without
 browsing the registry, and to tell unchanged files by stat alone.
 
-Trust, but verify: ``load`` rebuilds the revision's top_hash from the rows and
-returns nothing when it does not match what was recorded (a torn write, a manual
-edit, a bug), so the caller rebuilds from the registry. An unreadable database
+Trust, but verify: before a push builds on the rows, ``Snapshot.verify``
+recomputes the revision's top_hash from them; a mismatch (a torn write, a manual
+edit, a bug) makes the caller rebuild from the registry. An unreadable database
 file is moved aside and started afresh. Each push is committed in one
 transaction, after the registry accepted it: the index is never ahead of the
 registry.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quiltsync.hashing import HashValue
-from quiltsync.planner import BaseEntry, IndexEntry
+from quiltsync.planner import RACY_NS, BaseEntry
 from quiltsync.scanner import FileStat
 
 SCHEMA_VERSION = 1
@@ -78,9 +78,14 @@ class Row:
     recorded_ns: int
     entry: BaseEntry
 
+    # planner.Known: the rows themselves serve as the planner's index (no copies)
     @property
-    def index_entry(self) -> IndexEntry:
-        return IndexEntry(self.stat, self.entry.hash, self.recorded_ns)
+    def hash(self) -> HashValue:
+        return self.entry.hash
+
+    @property
+    def racy(self) -> bool:
+        return self.stat.mtime_ns + RACY_NS >= self.recorded_ns
 
 
 @dataclass(slots=True)
@@ -88,13 +93,12 @@ class Snapshot:
     revision: Revision
     rows: dict[str, Row]
 
-    @property
     def base(self) -> dict[str, BaseEntry]:
         return {lk: r.entry for lk, r in self.rows.items()}
 
-    @property
-    def index(self) -> dict[str, IndexEntry]:
-        return {lk: r.index_entry for lk, r in self.rows.items()}
+    def verify(self, top_hash_of: Callable[[dict, Mapping[str, BaseEntry]], str]) -> bool:
+        """Whether the rows reproduce the recorded top_hash (done before building on them)."""
+        return top_hash_of(self.revision.meta, self.base()) == self.revision.top_hash
 
 
 class Index:
@@ -139,17 +143,13 @@ class Index:
             return None
         return Revision(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6])
 
-    def load(self, package: str, registry: str, folder: str,
-             top_hash_of: Callable[[dict, Mapping[str, BaseEntry]], str]) -> Snapshot | None:
-        """The last revision and its rows, if they are for this registry and folder and
-        reproduce the recorded top_hash; None otherwise (the caller rebuilds)."""
+    def load(self, package: str, registry: str, folder: str) -> Snapshot | None:
+        """The last revision and its rows, if they are for this registry and folder;
+        None otherwise (the caller rebuilds). Not verified: see Snapshot.verify."""
         rev = self.revision(package)
         if rev is None or rev.registry != registry or rev.folder != folder:
             return None
-        rows = self.rows(package)
-        if top_hash_of(rev.meta, {lk: r.entry for lk, r in rows.items()}) != rev.top_hash:
-            return None
-        return Snapshot(rev, rows)
+        return Snapshot(rev, self.rows(package))
 
     def rows(self, package: str) -> dict[str, Row]:
         """Every recorded file of a package, as stored (unverified)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from quiltsync.hashing import HashValue
 from quiltsync.scanner import FileStat
@@ -36,9 +37,20 @@ class BaseEntry:
     meta: dict | None = None
 
 
+class Known(Protocol):
+    """What the index remembers of a pushed file (index.Row is one)."""
+
+    @property
+    def stat(self) -> FileStat: ...
+    @property
+    def hash(self) -> HashValue: ...
+    @property
+    def racy(self) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class IndexEntry:
-    """What the index remembers of a pushed file."""
+    """A plain Known, for tests and callers without index rows."""
 
     stat: FileStat
     hash: HashValue
@@ -69,7 +81,7 @@ class Plan:
 
 def plan_push(
     scan: Mapping[str, FileStat],
-    index: Mapping[str, IndexEntry],
+    index: Mapping[str, Known],
     base: Mapping[str, BaseEntry],
     hash_file: Callable[[str, str], HashValue | None],
 ) -> Plan:
@@ -97,7 +109,7 @@ def plan_push(
     return plan
 
 
-def pending_changes(scan: Mapping[str, FileStat], index: Mapping[str, IndexEntry]) -> int:
+def pending_changes(scan: Mapping[str, FileStat], index: Mapping[str, Known]) -> int:
     """How many keys differ by stat alone (for status; no hashing, no network)."""
     changed = sum(1 for lk, st in scan.items() if (e := index.get(lk)) is None or e.stat != st)
     return changed + sum(1 for lk in index if lk not in scan)

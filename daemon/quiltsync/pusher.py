@@ -27,7 +27,7 @@ from quiltsync.config import FolderConfig
 from quiltsync.errors import PermanentError, PushConflict, PushRefused, TransientError
 from quiltsync.index import Index, Revision, Row
 from quiltsync.logs import get_logger
-from quiltsync.planner import IndexEntry, Plan, plan_push
+from quiltsync.planner import Plan, plan_push
 from quiltsync.registry import Registry, RemoteRevision, top_hash_of
 from quiltsync.scanner import FileStat, RootUnavailable, Scan, make_ignore_spec, scan_folder
 
@@ -56,9 +56,9 @@ class PushResult:
 @dataclass(slots=True)
 class _Base:
     revision: RemoteRevision | None
-    index: dict[str, IndexEntry]
-    rows: dict[str, Row]
+    rows: dict[str, Row]  # what the index knows of local files (the planner's index)
     trusted: bool  # True: from this process or the index; False: read from the registry
+    verified: bool = True  # False: index rows whose top_hash is checked before a push
 
 
 class FolderPusher:
@@ -102,7 +102,7 @@ class FolderPusher:
         scan = self.scan()
         base = self._load_base()
         for _attempt in range(MAX_CONFLICT_RETRIES + 1):
-            plan = plan_push(scan.files, base.index, base.revision.entries if base.revision else {},
+            plan = plan_push(scan.files, base.rows, base.revision.entries if base.revision else {},
                              self._hash_file)
             if not plan.changes:
                 latest = self.registry.latest(self.folder.package) if base.trusted else None
@@ -116,6 +116,14 @@ class FolderPusher:
                               hashed=plan.hashed)
                 return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
                                   _top(base.revision), files=len(scan.files))
+            if not base.verified:
+                if base.revision is not None and \
+                        top_hash_of(base.revision.meta, base.revision.entries) != base.revision.top_hash:
+                    self.log.warning("index.rebuilt", reason="index rows do not reproduce their "
+                                     "recorded top_hash; rebuilding from the registry")
+                    base = self._remote_base(_Base(None, {}, False))
+                    continue
+                base.verified = True
             self._check_safe(plan, scan, base)
             try:
                 return self._push_plan(plan, scan, base, started, recorded_ns, defer_moving)
@@ -131,16 +139,14 @@ class FolderPusher:
     def _load_base(self) -> _Base:
         if self._last is not None:
             rev, rows = self._last
-            return _Base(rev, {lk: r.index_entry for lk, r in rows.items()}, dict(rows), True)
-        snap = self.index.load(self.folder.package, self.folder.registry, str(self.folder.path),
-                               top_hash_of)
+            return _Base(rev, dict(rows), True)
+        snap = self.index.load(self.folder.package, self.folder.registry, str(self.folder.path))
         if snap is not None:
-            rev = RemoteRevision(snap.revision.top_hash, snap.revision.meta, snap.base)
-            return _Base(rev, snap.index, snap.rows, True)
+            rev = RemoteRevision(snap.revision.top_hash, snap.revision.meta, snap.base())
+            return _Base(rev, snap.rows, True, verified=False)
         if self.index.revision(self.folder.package) is not None:
-            self.log.warning("index.rebuilt", reason="index does not match its recorded revision "
-                             "or was made for another folder or registry")
-        return self._remote_base(_Base(None, {}, {}, False))
+            self.log.warning("index.rebuilt", reason="the index was made for another folder or registry")
+        return self._remote_base(_Base(None, {}, False))
 
     def _remote_base(self, known: _Base) -> _Base:
         """The registry's latest, keeping what the index knows of local files."""
@@ -148,7 +154,7 @@ class FolderPusher:
         self._last = None
         # The other writer's pointer is named by a second <= now: ours must not reuse it.
         self._not_before = math.floor(self.clock()) + 1
-        return _Base(rev, known.index, known.rows, False)
+        return _Base(rev, known.rows, False)
 
     def _hash_file(self, lk: str, hash_type: str) -> hashing.HashValue | None:
         try:
@@ -181,10 +187,13 @@ class FolderPusher:
             if defer_moving and st != scan.files[lk]:
                 vanished.append(lk)  # still being written: next round
                 continue
+            if not os.access(path, os.R_OK):
+                self.log.warning("scan.skipped", path=str(path), reason="permission denied")
+                continue
             set_stats[lk] = st
             uploads[lk] = path
         set_ns = time.time_ns()
-        if not uploads and not plan.deleted:
+        if not uploads and not plan.deleted:  # all deferred, vanished or unreadable
             return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
                               _top(base.revision), files=len(scan.files), changed_during_push=vanished)
         self._wait_for_next_second()

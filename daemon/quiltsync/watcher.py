@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pathspec
+from quiltsync.scanner import IgnoreRules
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -48,7 +48,7 @@ class _Watched:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, package: str, root: Path, ignore: pathspec.PathSpec, on_change: OnChange) -> None:
+    def __init__(self, package: str, root: Path, ignore: IgnoreRules, on_change: OnChange) -> None:
         self.package = package
         self.root = str(root)
         self.prefix = self.root.rstrip("/") + "/"
@@ -109,7 +109,7 @@ class Watcher:
         self.observer.stop()
         self.observer.join(timeout=10)
 
-    def watch(self, package: str, root: Path, ignore: pathspec.PathSpec) -> None:
+    def watch(self, package: str, root: Path, ignore: IgnoreRules) -> None:
         """Watch a folder recursively; raises OSError if the root is missing or unreadable."""
         self.unwatch(package)
         st = os.stat(root)
