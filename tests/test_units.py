@@ -143,3 +143,12 @@ def test_ignore_rules_agree_with_gitignore_semantics_of_pathspec(extra: list[str
         if not any(spec.match_file(d) for d in parents):
             assert rules.match_entry(rel, rel.rsplit("/", 1)[-1], p.endswith("/")) == spec.match_file(p), p
     assert rules.match_file("#auto#") and rules.match_file("x.swp") and not rules.match_file("a.txt")
+
+
+def test_racy_window_is_wide_only_for_whole_second_timestamps() -> None:
+    """Whole-second mtimes (FAT, ext3) get a 2 s window; nanosecond mtimes a 100 ms one."""
+    from quiltsync.planner import is_racy
+
+    coarse, fine = 1_700_000_000_000_000_000, 1_700_000_000_123_456_789
+    assert is_racy(coarse, coarse + 1_500_000_000) and not is_racy(coarse, coarse + 2_500_000_000)
+    assert is_racy(fine, fine + 50_000_000) and not is_racy(fine, fine + 150_000_000)

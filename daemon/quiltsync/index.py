@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quiltsync.hashing import HashValue
-from quiltsync.planner import RACY_NS, BaseEntry
+from quiltsync.planner import BaseEntry, is_racy
 from quiltsync.scanner import FileStat
 
 SCHEMA_VERSION = 1
@@ -85,7 +85,7 @@ class Row:
 
     @property
     def racy(self) -> bool:
-        return self.stat.mtime_ns + RACY_NS >= self.recorded_ns
+        return is_racy(self.stat.mtime_ns, self.recorded_ns)
 
 
 @dataclass(slots=True)

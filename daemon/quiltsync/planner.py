@@ -7,8 +7,8 @@ which to delete, which are unchanged, and index rows to refresh.
 
 A file counts as unchanged without reading it when its stat equals the index's
 and the index's hash is the base entry's hash. A stat that is "racy" (the file
-was modified within ``RACY_NS`` of when it was recorded, so a same-size write in
-the same clock tick could hide) is never trusted: the file is hashed, as are
+was modified within the timestamp granularity of when it was recorded, so a
+same-size write in the same clock tick could hide; see ``is_racy``) is never trusted: the file is hashed, as are
 files whose stat changed but whose size still equals the base entry's (a touch,
 a rewrite with the same bytes, or an index rebuilt from the registry). Hashing is
 local; it never uploads.
@@ -23,8 +23,18 @@ from typing import Protocol
 from quiltsync.hashing import HashValue
 from quiltsync.scanner import FileStat
 
-# mtime granularity on common filesystems is far below this; 2 s also covers FAT.
+# The racy window: a stat is trusted only for files whose mtime is older than the
+# moment it was recorded by more than the filesystem's timestamp granularity.
+# ext4, xfs, btrfs, tmpfs stamp with the kernel's coarse clock (one tick, 1-10 ms);
+# filesystems with whole-second stamps (FAT: 2 s, HFS+, ext3: 1 s) show it as
+# mtimes with no nanoseconds, and get the wide window.
 RACY_NS = 2_000_000_000
+FINE_RACY_NS = 100_000_000
+
+
+def is_racy(mtime_ns: int, recorded_ns: int) -> bool:
+    window = RACY_NS if mtime_ns % 1_000_000_000 == 0 else FINE_RACY_NS
+    return mtime_ns + window >= recorded_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +68,7 @@ class IndexEntry:
 
     @property
     def racy(self) -> bool:
-        return self.stat.mtime_ns + RACY_NS >= self.recorded_ns
+        return is_racy(self.stat.mtime_ns, self.recorded_ns)
 
 
 @dataclass(slots=True)

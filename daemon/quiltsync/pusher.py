@@ -177,6 +177,7 @@ class FolderPusher:
         uploads: dict[str, Path] = {}
         set_stats: dict[str, FileStat] = {}
         vanished: list[str] = []
+        set_ns = time.time_ns()  # before the stats below: the racy check must be conservative
         for lk in plan.uploads:
             path = self.folder.path / lk
             try:
@@ -192,7 +193,6 @@ class FolderPusher:
                 continue
             set_stats[lk] = st
             uploads[lk] = path
-        set_ns = time.time_ns()
         if not uploads and not plan.deleted:  # all deferred, vanished or unreadable
             return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
                               _top(base.revision), files=len(scan.files), changed_during_push=vanished)
