@@ -113,7 +113,7 @@ class FolderPusher:
                     continue
                 self._adopt(base, plan, scan, recorded_ns)
                 self.log.info("push.skipped", reason="no changes", files=len(scan.files),
-                              hashed=plan.hashed)
+                              hashed=plan.hashed, duration_ms=int((time.monotonic() - started) * 1000))
                 return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
                                   _top(base.revision), files=len(scan.files))
             if not base.verified:
