@@ -152,3 +152,27 @@ def test_racy_window_is_wide_only_for_whole_second_timestamps() -> None:
     coarse, fine = 1_700_000_000_000_000_000, 1_700_000_000_123_456_789
     assert is_racy(coarse, coarse + 1_500_000_000) and not is_racy(coarse, coarse + 2_500_000_000)
     assert is_racy(fine, fine + 50_000_000) and not is_racy(fine, fine + 150_000_000)
+
+
+def test_rescanning_named_paths_matches_a_full_scan(tmp_path: Path) -> None:
+    """Updating a scan for the changed paths alone gives what a full scan gives."""
+    from quiltsync.scanner import rescan_paths
+
+    root = tmp_path / "r"
+    for rel in ["a.txt", "d/x.txt", "d/y.txt", "gone/1.txt", "gone/sub/2.txt", "keep/k.txt"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    rules = make_ignore_spec(["*.log"])
+    before = scan_folder(root, rules).files
+    (root / "a.txt").write_text("changed, longer")
+    (root / "d" / "y.txt").unlink()
+    import shutil
+    shutil.rmtree(root / "gone")
+    (root / "new" / "deep").mkdir(parents=True)
+    (root / "new" / "deep" / "n.txt").write_text("n")
+    (root / "skip.log").write_text("ignored")
+    (root / "d" / "x.txt").unlink()
+    (root / "d" / "x.txt").mkdir()  # a file replaced by a directory
+    (root / "d" / "x.txt" / "inner").write_text("i")
+    changed = ["a.txt", "d/y.txt", "gone", "gone/1.txt", "new", "skip.log", "d/x.txt"]
+    assert rescan_paths(root, rules, before, changed).files == scan_folder(root, rules).files

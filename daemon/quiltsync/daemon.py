@@ -230,13 +230,14 @@ class Daemon:
             overdue = self.debouncer.overdue(pkg, now)
             batch = self.debouncer.take(pkg)
             st.batch = batch
-            st.in_flight = self.pool.submit(self._push_job, st, defer_moving=not overdue)
+            paths = None if batch is None or batch.full else set(batch.paths)
+            st.in_flight = self.pool.submit(self._push_job, st, defer_moving=not overdue, paths=paths)
             st.in_flight.add_done_callback(
                 lambda fut, pkg=pkg: self.inbox.put(_Msg("done", pkg, value=fut)))
 
     @staticmethod
-    def _push_job(st: _FolderState, *, defer_moving: bool) -> Any:
-        return st.pusher.push(defer_moving=defer_moving)
+    def _push_job(st: _FolderState, *, defer_moving: bool, paths: set[str] | None = None) -> Any:
+        return st.pusher.push(defer_moving=defer_moving, paths=paths)
 
     def _push_done(self, package: str, fut: Future, now: float) -> None:
         st = self.folders.get(package)

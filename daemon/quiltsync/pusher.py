@@ -17,7 +17,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,14 @@ from quiltsync.index import Index, Revision, Row
 from quiltsync.logs import get_logger
 from quiltsync.planner import Plan, plan_push
 from quiltsync.registry import Registry, RemoteRevision, top_hash_of
-from quiltsync.scanner import FileStat, RootUnavailable, Scan, make_ignore_spec, scan_folder
+from quiltsync.scanner import (
+    FileStat,
+    RootUnavailable,
+    Scan,
+    make_ignore_spec,
+    rescan_paths,
+    scan_folder,
+)
 
 MAX_CONFLICT_RETRIES = 5
 
@@ -84,9 +91,15 @@ class FolderPusher:
         self._not_before = 0.0  # no push before this unix time (see _wait_for_next_second)
 
     # -- the pass ----------------------------------------------------------------
-    def scan(self) -> Scan:
+    def scan(self, paths: Iterable[str] | None = None, base: _Base | None = None) -> Scan:
+        """The folder's files: a full scan, or (``paths`` given and the base's rows
+        trusted to be the last scan) the rows updated for those paths only."""
         try:
-            scan = scan_folder(self.folder.path, self.ignore)
+            if paths is not None and base is not None and base.trusted:
+                previous = {lk: r.stat for lk, r in base.rows.items()}
+                scan = rescan_paths(self.folder.path, self.ignore, previous, paths)
+            else:
+                scan = scan_folder(self.folder.path, self.ignore)
         except RootUnavailable as e:
             self.log.error("push.refused", reason=f"folder root unavailable: {e}")
             raise PushRefused(f"{self.folder.package}: folder root unavailable: {e}") from None
@@ -94,13 +107,14 @@ class FolderPusher:
             self.log.warning("scan.skipped", path=s.path, reason=s.reason)
         return scan
 
-    def push(self, *, defer_moving: bool = False) -> PushResult:
+    def push(self, *, defer_moving: bool = False, paths: Iterable[str] | None = None) -> PushResult:
         """One pass. ``defer_moving``: a file whose stat changed since the scan (still
-        being written) is left for the next pass instead of being pushed half-written."""
+        being written) is left for the next pass instead of being pushed half-written.
+        ``paths``: the only paths that changed (relative), when the caller knows them."""
         started = time.monotonic()
         recorded_ns = time.time_ns()
-        scan = self.scan()
         base = self._load_base()
+        scan = self.scan(paths, base)
         for _attempt in range(MAX_CONFLICT_RETRIES + 1):
             plan = plan_push(scan.files, base.rows, base.revision.entries if base.revision else {},
                              self._hash_file)
@@ -252,8 +266,10 @@ class FolderPusher:
         if base.trusted:
             self.index.refresh_stats(self.folder.package, {
                 lk: Row(scan.files[lk], recorded_ns, rev.entries[lk]) for lk in plan.refresh})
-            for lk, h in plan.refresh.items():
+            for lk in plan.refresh:
                 base.rows[lk] = Row(scan.files[lk], recorded_ns, rev.entries[lk])
+            if self._last is not None:
+                self._last = (self._last[0], base.rows)
             return
         rows = self._rows_after(rev, base, plan, scan, {}, recorded_ns, recorded_ns)
         previous = self.index.revision(self.folder.package)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 import stat as stat_mod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from pathlib import Path
@@ -132,30 +132,92 @@ def scan_folder(
     scandir: Callable[[str], Iterator[os.DirEntry[str]]] = os.scandir,
     stat: Callable[[str], os.stat_result] = os.stat,
 ) -> Scan:
+    result = Scan(root=root, root_dev=_root_stat(root, stat).st_dev)
+    _walk(result, [(str(root), "")], os.path.realpath(root), ignore, scandir, stat, root_level=True)
+    return result
+
+
+def rescan_paths(
+    root: Path,
+    ignore: IgnoreRules,
+    previous: Mapping[str, FileStat],
+    paths: Iterable[str],
+    *,
+    scandir: Callable[[str], Iterator[os.DirEntry[str]]] = os.scandir,
+    stat: Callable[[str], os.stat_result] = os.stat,
+) -> Scan:
+    """``previous`` brought up to date for ``paths`` only (relative; files or directories).
+
+    A path that is now a directory is scanned whole; one that is gone takes what
+    was under it along. The caller falls back to ``scan_folder`` when it cannot
+    name every changed path (overflow, start-up, a batch too large).
+    """
+    result = Scan(root=root, root_dev=_root_stat(root, stat).st_dev)
+    real_root = os.path.realpath(root)
+    fresh = Scan(root=root)
+    gone: list[str] = []
+    stack: list[tuple[str, str]] = []
+    for rel in sorted(set(paths)):
+        parts = rel.split("/")
+        if not rel or any(p in ("", ".", "..") for p in parts) or ignore.match_file(rel):
+            continue
+        gone += [rel, rel + "/"]  # whatever was there before: file or subtree
+        full = os.path.join(root, rel)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            fresh.skipped.append(Skipped(full, f"cannot stat: {e.strerror or e}"))
+            continue
+        if stat_mod.S_ISDIR(st.st_mode):
+            if not ignore.match_file(rel + "/"):
+                stack.append((full, rel + "/"))
+        else:
+            _add_file(full, rel, stat_mod.S_ISLNK(st.st_mode), real_root, stat, fresh, st)
+    _walk(fresh, stack, real_root, ignore, scandir, stat, root_level=False)
+    prefixes = tuple(g for g in gone if g.endswith("/"))
+    exact = set(gone)
+    result.files = {k: v for k, v in previous.items() if k not in exact and not k.startswith(prefixes)}
+    result.files.update(fresh.files)
+    result.skipped = fresh.skipped
+    return result
+
+
+def _root_stat(root: Path, stat: Callable[[str], os.stat_result]) -> os.stat_result:
     try:
-        root_st = stat(str(root))
+        st = stat(str(root))
     except OSError as e:
         raise RootUnavailable(f"{root}: {e.strerror or e}") from None
-    if not stat_mod.S_ISDIR(root_st.st_mode):
+    if not stat_mod.S_ISDIR(st.st_mode):
         raise RootUnavailable(f"{root}: not a directory")
-    result = Scan(root=root, root_dev=root_st.st_dev)
-    real_root = os.path.realpath(root)
-    stack: list[tuple[str, str]] = [(str(root), "")]
-    first = True
+    return st
+
+
+def _walk(
+    result: Scan,
+    stack: list[tuple[str, str]],
+    real_root: str,
+    ignore: IgnoreRules,
+    scandir: Callable[[str], Iterator[os.DirEntry[str]]],
+    stat: Callable[[str], os.stat_result],
+    *,
+    root_level: bool,
+) -> None:
+    first = root_level
     while stack:
         dir_path, prefix = stack.pop()
         try:
             entries = list(scandir(dir_path))
         except OSError as e:
             if first:
-                raise RootUnavailable(f"{root}: {e.strerror or e}") from None
+                raise RootUnavailable(f"{result.root}: {e.strerror or e}") from None
             result.skipped.append(Skipped(dir_path, f"unreadable directory: {e.strerror or e}"))
             continue
         first = False
         result.directories += 1
         for entry in entries:
             _visit(entry, prefix, real_root, ignore, stat, stack, result)
-    return result
 
 
 def _visit(
@@ -170,11 +232,6 @@ def _visit(
     name = entry.name
     rel = prefix + name
     try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        result.skipped.append(Skipped(entry.path, "name is not valid UTF-8; rename it to include it"))
-        return
-    try:
         is_link = entry.is_symlink()
         is_dir = entry.is_dir(follow_symlinks=False)
     except OSError as e:
@@ -186,20 +243,46 @@ def _visit(
         return
     if ignore.match_entry(rel, name, False):
         return
-    if is_link:
-        target = os.path.realpath(entry.path)
-        if not (target == real_root or target.startswith(real_root.rstrip("/") + "/")):
-            result.skipped.append(Skipped(entry.path, "symlink points outside the folder"))
+    st = None
+    if not is_link:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError as e:
+            result.skipped.append(Skipped(entry.path, f"cannot stat: {e.strerror or e}"))
             return
+    _add_file(entry.path, rel, is_link, real_root, stat, result, st)
+
+
+def _add_file(
+    path: str,
+    rel: str,
+    is_link: bool,
+    real_root: str,
+    stat: Callable[[str], os.stat_result],
+    result: Scan,
+    st: os.stat_result | None,
+) -> None:
+    """Record one non-directory entry, or say why it is skipped."""
     try:
-        st = stat(entry.path) if is_link else entry.stat(follow_symlinks=False)
-    except OSError as e:
-        result.skipped.append(Skipped(entry.path, f"cannot stat: {e.strerror or e}"))
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        result.skipped.append(Skipped(path, "name is not valid UTF-8; rename it to include it"))
         return
-    if stat_mod.S_ISDIR(st.st_mode):
-        return  # a symlink to a directory inside the root: its files are scanned there
+    if is_link:
+        target = os.path.realpath(path)
+        if not (target == real_root or target.startswith(real_root.rstrip("/") + "/")):
+            result.skipped.append(Skipped(path, "symlink points outside the folder"))
+            return
+        try:
+            st = stat(path)
+        except OSError as e:
+            result.skipped.append(Skipped(path, f"cannot stat: {e.strerror or e}"))
+            return
+        if stat_mod.S_ISDIR(st.st_mode):
+            return  # a symlink to a directory inside the root: its files are scanned there
+    assert st is not None
     if not stat_mod.S_ISREG(st.st_mode):
-        result.skipped.append(Skipped(entry.path, "not a regular file (FIFO, socket or device)"))
+        result.skipped.append(Skipped(path, "not a regular file (FIFO, socket or device)"))
         return
     # Readability is checked only for files that are read (hashed or uploaded): an
     # access() a file would double the cost of a scan.
