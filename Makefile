@@ -22,6 +22,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/incremental.py
+	$(BIN)/python bench/daemon.py latency
+	$(BIN)/python bench/daemon.py storm
+	$(BIN)/python bench/daemon.py idle
 
 clean:
 	rm -rf $(VENV) build *.egg-info daemon/*.egg-info
