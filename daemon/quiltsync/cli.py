@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     push = sub.add_parser("push", parents=[common], help="one reconcile-and-push pass now")
     push.add_argument("--folder", metavar="PACKAGE", help="only the folder of this package")
 
+    sub.add_parser("check", parents=[common], help="validate config, run every health check; exit 1 if unhealthy")
+
+    doctor = sub.add_parser("doctor", parents=[common], help="local Quilt cache health")
+    doctor.add_argument("--fix", action="store_true", help="remove only stale or corrupt entries")
+
     status = sub.add_parser("status", parents=[common], help="per folder state, no network")
     status.add_argument("--json", action="store_true", help="one JSON document")
 
@@ -48,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("package")
     restore.add_argument("--top-hash", required=True, metavar="H")
     restore.add_argument("--dest", required=True, metavar="DIR", type=Path)
+    restore.add_argument("--force", action="store_true",
+                         help="restore even a revision whose entries are not pinned to object versions")
 
     demo = sub.add_parser("demo", parents=[common], help="the embedded demo behind `make demo`")
     demo.add_argument("--workdir", type=Path, help="keep the demo folder here (default: a temp dir)")
@@ -81,10 +88,14 @@ def _dispatch(args: argparse.Namespace, out: object) -> int:
         return run_daemon(ctx.config_path, ctx.config)
     if args.command == "push":
         return commands.push(ctx, args.folder)
+    if args.command == "check":
+        return commands.check(ctx)
+    if args.command == "doctor":
+        return commands.doctor(ctx, fix=args.fix)
     if args.command == "status":
         return commands.status(ctx, as_json=args.json)
     if args.command == "history":
         return commands.history(ctx, args.package, as_json=args.json)
     if args.command == "restore":
-        return commands.restore(ctx, args.package, args.top_hash, args.dest)
+        return commands.restore(ctx, args.package, args.top_hash, args.dest, force=args.force)
     raise UsageError(f"unknown command {args.command!r}")

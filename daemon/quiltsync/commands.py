@@ -118,18 +118,56 @@ def history(ctx: Context, package: str, *, as_json: bool) -> int:
     return 0
 
 
-def restore(ctx: Context, package: str, top_hash: str, dest: Path) -> int:
+def restore(ctx: Context, package: str, top_hash: str, dest: Path, *, force: bool = False) -> int:
     from quiltsync.registry import Registry
     from quiltsync.restore import restore as do_restore
 
     folder = ctx.config.folder_by_package(package)
-    report = do_restore(Registry(folder.registry), package, top_hash, dest)
+    report = do_restore(Registry(folder.registry), package, top_hash, dest, force=force)
     logs.get_logger("quiltsync.restore").info(
         "restore.completed", package=package, top_hash=report.top_hash, dest=str(report.dest),
-        files=report.files, bytes=report.bytes)
+        files=report.files, bytes=report.bytes, from_cache=len(report.from_cache),
+        from_s3=report.files - len(report.from_cache))
+    for lk in sorted(report.sources):
+        ctx.emit(f"  {report.sources[lk]:<5}  {lk}")
     ctx.emit(f"restored {package}@{report.top_hash} into {report.dest}: "
-             f"{report.verified} of {report.files} files verified, {report.bytes} bytes")
+             f"{report.verified} of {report.files} files verified, {report.bytes} bytes; "
+             f"{len(report.from_cache)} from the local cache, {report.files - len(report.from_cache)} from S3")
     return 0
+
+
+def check(ctx: Context) -> int:
+    from quiltsync.health import run_all
+
+    ctx.emit(f"ok    config           {ctx.config_path}: {len(ctx.config.folder)} folder(s)")
+    results = run_all(ctx.config)
+    for r in results:
+        ctx.emit(f"{r.status:<5} {r.check:<16} {r.target}: {r.detail}")
+    failed = [r for r in results if r.status == "fail"]
+    ctx.emit(f"{'UNHEALTHY' if failed else 'healthy'}: {len(failed)} failed, "
+             f"{sum(r.status == 'warn' for r in results)} warnings")
+    return 1 if failed else 0
+
+
+def doctor(ctx: Context, *, fix: bool) -> int:
+    from quiltsync import quiltcache
+    from quiltsync.registry import parse_manifest, quilt_paths
+
+    root = quilt_paths()[0]
+    report = quiltcache.inspect(root, {f.bucket for f in ctx.config.folder}, parse_manifest)
+    ctx.emit(f"quilt3 cache {root}: {report.total_bytes / 1e6:.1f} MB, {report.manifests} cached manifests, "
+             f"{report.objects} object-path entries")
+    for p in report.problems:
+        ctx.emit(f"  {p.kind:<18} {p.path}: {p.detail}")
+    if not report.problems:
+        ctx.emit("no stale or corrupt entries")
+        return 0
+    if not fix:
+        ctx.emit(f"{len(report.problems)} problem(s); `quiltsync doctor --fix` removes exactly these entries")
+        return 1
+    removed = quiltcache.fix(report)
+    ctx.emit(f"removed {len(removed)} of {len(report.problems)} entries; everything else was left in place")
+    return 0 if len(removed) == len(report.problems) else 1
 
 
 def _iso(ts: float) -> str:

@@ -75,6 +75,7 @@ class FolderConfig(_Strict):
     settle_seconds: Annotated[float, Field(ge=0)] = 2.0
     max_delay_seconds: Annotated[float, Field(gt=0)] = 30.0
     ignore: list[str] = Field(default_factory=list)
+    allow_unversioned: bool = False
 
     @field_validator("package")
     @classmethod

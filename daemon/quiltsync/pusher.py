@@ -28,7 +28,7 @@ from quiltsync.errors import PermanentError, PushConflict, PushRefused, Transien
 from quiltsync.index import Index, Revision, Row
 from quiltsync.logs import get_logger
 from quiltsync.planner import Plan, plan_push
-from quiltsync.registry import Registry, RemoteRevision, top_hash_of
+from quiltsync.registry import Registry, RemoteRevision, bucket_versioning, top_hash_of, unpinned_keys
 from quiltsync.scanner import (
     FileStat,
     RootUnavailable,
@@ -139,6 +139,7 @@ class FolderPusher:
                     continue
                 base.verified = True
             self._check_safe(plan, scan, base)
+            self._check_versioning()
             try:
                 return self._push_plan(plan, scan, base, started, recorded_ns, defer_moving)
             except PushConflict as e:
@@ -184,6 +185,26 @@ class FolderPusher:
                       "refusing to push a deletion of everything")
             self.log.error("push.refused", reason=reason)
             raise PushRefused(f"{self.folder.package}: {reason}")
+
+    def _check_versioning(self) -> None:
+        """Refuse to push to a bucket that does not keep versions (FACTS.md: an old
+        top_hash would then silently restore the newest bytes)."""
+        bucket = self.folder.bucket
+        status = bucket_versioning(bucket)
+        if status == "Enabled":
+            return
+        what = "was never enabled" if status is None else "is Suspended"
+        if self.folder.allow_unversioned:
+            self.log.warning("push.unversioned", bucket=bucket,
+                             detail=f"versioning of bucket {bucket} {what}; pushing because "
+                                    "allow_unversioned = true: older revisions will restore the newest bytes")
+            return
+        reason = (f"versioning of bucket {bucket} {what}, so older revisions could not be restored "
+                  f"(quilt3 would silently return the newest bytes); enable it with `aws s3api "
+                  f"put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled`, "
+                  "or set allow_unversioned = true for this folder")
+        self.log.error("push.refused", reason=reason)
+        raise PushRefused(f"{self.folder.package}: {reason}")
 
     # -- pushing ------------------------------------------------------------------
     def _push_plan(self, plan: Plan, scan: Scan, base: _Base, started: float,
@@ -240,6 +261,11 @@ class FolderPusher:
                       added=result.added, modified=result.modified, deleted=result.deleted,
                       files=result.files, bytes_uploaded=result.bytes_uploaded,
                       duration_ms=result.duration_ms, hashed=plan.hashed)
+        unpinned = unpinned_keys({lk: new.entries[lk] for lk in uploads if lk in new.entries})
+        if unpinned:
+            self.log.warning("health.failed", check="manifest_pinned", top_hash=new.top_hash,
+                             detail=f"{len(unpinned)} pushed entries have no versionId "
+                                    f"(first: {unpinned[0]!r}); this revision cannot be restored exactly")
         if result.changed_during_push:
             self.log.info("push.changed_during_push", paths=result.changed_during_push[:20],
                           count=len(result.changed_during_push))

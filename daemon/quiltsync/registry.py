@@ -289,8 +289,129 @@ class Registry:
         return RemoteRevision(new.top_hash, dict(new._meta), entries)
 
     # -- restore ---------------------------------------------------------------
-    def fetch(self, name: str, revision: RemoteRevision, dest: Path) -> None:
-        """Download every entry of ``revision`` under ``dest`` (keys already validated)."""
-        pkg = _package(revision.meta, revision.entries)
+    def fetch(self, name: str, revision: RemoteRevision, dest: Path, *, use_cache: bool = True) -> dict[str, str]:
+        """Download every entry of ``revision`` under ``dest`` (keys already validated).
+
+        Like quilt3's install, a pinned entry whose object-path cache entry still
+        matches its local file is copied from there instead of downloaded. Returns
+        where each logical key came from: "cache" or "s3".
+        """
+        from quilt3 import util
+        from quilt3.data_transfer import copy_file_list
+        from quilt3.packages import ObjectPathCache
+
+        sources: dict[str, str] = {}
+        file_list = []
+        for lk, e in revision.entries.items():
+            src = PhysicalKey.from_url(e.physical_key)
+            sources[lk] = "s3"
+            if use_cache and util.IS_CACHE_ENABLED and src.version_id:
+                cached = ObjectPathCache.get(str(src))
+                if cached is not None:
+                    src, sources[lk] = PhysicalKey.from_path(cached), "cache"
+            file_list.append((src, PhysicalKey.from_path(str(dest / lk)), e.size))
         with mapped_errors(f"downloading {name}@{revision.top_hash[:12]}"):
-            pkg.fetch(str(dest) + "/")
+            copy_file_list(file_list, message="Copying objects")
+        return sources
+
+    def remember(self, revision: RemoteRevision, dest: Path, keys: list[str]) -> None:
+        """Record restored files in quilt3's object-path cache (pinned entries only)."""
+        from quilt3 import util
+        from quilt3.packages import ObjectPathCache
+
+        if not util.IS_CACHE_ENABLED:
+            return
+        for lk in keys:
+            pk = PhysicalKey.from_url(revision.entries[lk].physical_key)
+            if pk.version_id:
+                try:
+                    ObjectPathCache.set(str(pk), str(dest / lk))
+                except OSError:
+                    pass
+
+
+# -- health-related reads ---------------------------------------------------------------
+_VERSIONING_TTL_S = 300.0
+_versioning_cache: dict[str, tuple[float, str | None]] = {}
+
+
+def quilt_paths() -> tuple[Path, Path]:
+    """(quilt3's cache dir ``.../Quilt/v0``, quilt3's data dir ``.../Quilt``)."""
+    from quilt3 import util
+
+    return Path(util.CACHE_PATH), Path(util.BASE_PATH)
+
+
+def _quick_client() -> Any:
+    """A client for health checks: explicit short timeouts, few retries (never blocks long)."""
+    clients = getattr(_local, "clients", None)
+    if clients is None:
+        clients = _local.clients = {}
+    if "quick" not in clients:
+        clients["quick"] = boto3.session.Session().client("s3", config=botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": 2}, connect_timeout=5, read_timeout=10))
+    return clients["quick"]
+
+
+def registry_problem(bucket: str) -> tuple[str, str] | None:
+    """None if the bucket answers HeadBucket; else (kind, detail), kind one of
+    access_denied, no_such_bucket, unreachable, credentials, error."""
+    try:
+        _quick_client().head_bucket(Bucket=bucket)
+        return None
+    except bce.ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in ("403", "AccessDenied") or status == 403:
+            return "access_denied", (f"access denied to bucket {bucket}: the credentials in use may not "
+                                     "read it (check the IAM policy or bucket policy)")
+        if code in ("404", "NoSuchBucket") or status == 404:
+            return "no_such_bucket", f"bucket {bucket} does not exist (check the registry in the config)"
+        return "error", f"bucket {bucket}: {describe(e)}"
+    except (bce.NoCredentialsError, bce.PartialCredentialsError) as e:
+        return "credentials", describe(e)
+    except _TRANSIENT_EXC as e:
+        return "unreachable", f"cannot reach the S3 endpoint for bucket {bucket}: {describe(e)}"
+    except bce.BotoCoreError as e:
+        return "error", f"bucket {bucket}: {describe(e)}"
+
+
+def bucket_versioning(bucket: str, *, max_age_s: float = _VERSIONING_TTL_S) -> str | None:
+    """The bucket's versioning Status ("Enabled", "Suspended", or None: never enabled).
+
+    Cached for ``max_age_s`` (0 forces a fresh read). Raises TransientError /
+    PermanentError when it cannot be read.
+    """
+    now = time.monotonic()
+    hit = _versioning_cache.get(bucket)
+    if hit is not None and now - hit[0] < max_age_s:
+        return hit[1]
+    with mapped_errors(f"reading versioning of bucket {bucket}"):
+        status = _quick_client().get_bucket_versioning(Bucket=bucket).get("Status")
+    if status == "Enabled":  # anything else is read afresh each time: it may get fixed
+        _versioning_cache[bucket] = (now, status)
+    else:
+        _versioning_cache.pop(bucket, None)
+    return status
+
+
+def unpinned_keys(entries: Mapping[str, BaseEntry]) -> list[str]:
+    """Logical keys whose physical key carries no usable versionId."""
+    out = []
+    for lk, e in entries.items():
+        vid = PhysicalKey.from_url(e.physical_key).version_id
+        if not vid or vid == "null":
+            out.append(lk)
+    return sorted(out)
+
+
+def parse_manifest(data: bytes) -> tuple[str, list[str]]:
+    """(top_hash, physical key URLs) of a manifest's bytes, as quilt3 reads it."""
+    pkg = quilt3.Package.load(io.BytesIO(data))
+    return pkg.top_hash, [str(e.physical_key) for _lk, e in pkg.walk()]
+
+
+def quilt_credentials_file() -> Path | None:
+    """quilt3's saved credentials (from quilt3.login), which override the AWS chain."""
+    path = quilt_paths()[1] / "credentials.json"
+    return path if path.exists() else None

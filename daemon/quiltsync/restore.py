@@ -2,7 +2,10 @@
 
 The manifest is read from S3 (not quilt3's manifest cache) and checked against
 its top_hash. Every logical key must stay inside DEST (no absolute keys, no
-``..``). Files are downloaded into a temporary directory beside DEST, each is
+``..``). A revision whose entries are not pinned to object versions is refused
+unless forced. Pinned files whose quilt3 object-path cache entry still matches
+are copied from the local cache (and reported so); a cache entry whose bytes
+fail verification is replaced by a download. Files are downloaded into a temporary directory beside DEST, each is
 hashed and compared with its manifest entry, and only a fully verified tree is
 renamed to DEST: a failed restore leaves no half-restored DEST behind.
 """
@@ -17,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from quiltsync import hashing
 from quiltsync.errors import RestoreError
-from quiltsync.registry import Registry, RemoteRevision
+from quiltsync.registry import Registry, RemoteRevision, unpinned_keys
 
 
 @dataclass(slots=True)
@@ -29,6 +32,11 @@ class RestoreReport:
     bytes: int = 0
     verified: int = 0
     mismatched: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # logical key -> "cache" | "s3"
+
+    @property
+    def from_cache(self) -> list[str]:
+        return sorted(lk for lk, src in self.sources.items() if src == "cache")
 
 
 def unsafe_key(lk: str) -> str | None:
@@ -57,7 +65,8 @@ def resolve_top_hash(registry: Registry, package: str, top_hash: str) -> str:
     return matches[0]
 
 
-def restore(registry: Registry, package: str, top_hash: str, dest: Path) -> RestoreReport:
+def restore(registry: Registry, package: str, top_hash: str, dest: Path, *,
+            force: bool = False) -> RestoreReport:
     dest = dest.absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise RestoreError(f"--dest {dest}: exists and is not an empty directory; choose a new directory")
@@ -68,12 +77,27 @@ def restore(registry: Registry, package: str, top_hash: str, dest: Path) -> Rest
         lk, why = bad[0]
         raise RestoreError(f"{package}@{top_hash[:12]}: refusing to restore key {lk!r} ({why}); "
                            f"{len(bad)} unsafe key(s) in the manifest")
+    unpinned = unpinned_keys(rev.entries)
+    if unpinned and not force:
+        raise RestoreError(
+            f"{package}@{top_hash[:12]}: {len(unpinned)} of {len(rev.entries)} entries are not pinned to an "
+            f"object version (first: {unpinned[0]!r}): the revision was pushed while bucket versioning was "
+            "off, so S3 can only return the newest bytes of those keys, not this revision's. "
+            "Use --force to restore them anyway; every file is still checked and mismatches are listed")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".quiltsync-restore-", dir=dest.parent))
     try:
-        registry.fetch(package, rev, tmp)
+        sources = registry.fetch(package, rev, tmp)
         report = verify_tree(rev, tmp, package, dest)
-        if report.mismatched:
+        stale = [lk for lk in report.mismatched if sources.get(lk) == "cache"]
+        if stale:  # a cache entry that lied: fetch those from S3, then check everything again
+            again = RemoteRevision(rev.top_hash, rev.meta, {lk: rev.entries[lk] for lk in stale})
+            for lk in stale:
+                (tmp / lk).unlink(missing_ok=True)
+            sources.update(registry.fetch(package, again, tmp, use_cache=False))
+            report = verify_tree(rev, tmp, package, dest)
+        report.sources = sources
+        if report.mismatched and not force:
             raise RestoreError(
                 f"{package}@{top_hash[:12]}: {len(report.mismatched)} file(s) do not match the manifest "
                 f"(first: {report.mismatched[0]!r}); nothing was written to {dest}. If the bucket "
@@ -81,6 +105,13 @@ def restore(registry: Registry, package: str, top_hash: str, dest: Path) -> Rest
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)
+        registry.remember(rev, dest, [lk for lk, src in sources.items()
+                                      if src == "s3" and lk not in report.mismatched])
+        if report.mismatched:
+            raise RestoreError(
+                f"{package}@{top_hash[:12]}: restored into {dest} with --force, but "
+                f"{len(report.mismatched)} file(s) are not this revision's bytes: "
+                + ", ".join(repr(k) for k in report.mismatched[:10]))
         return report
     finally:
         if tmp.exists():

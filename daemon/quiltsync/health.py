@@ -1,0 +1,177 @@
+"""Health checks: can every folder be versioned safely, and is quilt3's cache sound?
+
+Each check has a name used in ``health.*`` events and in ``quiltsync check``:
+registry, versioning, manifest_pinned, credentials, cache, watches, stuck. A
+result is ``fail`` (versions are at risk: `check` exits 1) or ``warn`` (worth
+fixing: a stale cache, a credentials override). Network checks use a client
+with short timeouts and run off the daemon's push loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from quiltsync.config import Config, FolderConfig
+from quiltsync.errors import QuiltsyncError
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    check: str
+    target: str
+    status: str  # ok | warn | fail
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def run_all(config: Config, *, installed_watches: int | None = None) -> list[CheckResult]:
+    out: list[CheckResult] = []
+    reachable = set()
+    for bucket, folders in _by_bucket(config.folder).items():
+        r = check_registry(bucket)
+        out.append(r)
+        if r.ok:
+            reachable.add(bucket)
+            out.append(check_versioning(bucket, folders))
+            out.extend(check_manifest_pinned(f) for f in folders)
+    out.append(check_credentials())
+    out.append(check_cache(config))
+    out.extend(check_watches(config.folder, installed_watches))
+    return out
+
+
+def _by_bucket(folders: Iterable[FolderConfig]) -> dict[str, list[FolderConfig]]:
+    out: dict[str, list[FolderConfig]] = {}
+    for f in folders:
+        out.setdefault(f.bucket, []).append(f)
+    return out
+
+
+def check_registry(bucket: str) -> CheckResult:
+    from quiltsync.registry import registry_problem
+
+    problem = registry_problem(bucket)
+    if problem is None:
+        return CheckResult("registry", f"s3://{bucket}", "ok", "bucket answers")
+    kind, detail = problem
+    return CheckResult("registry", f"s3://{bucket}", "fail", f"{kind}: {detail}")
+
+
+def check_versioning(bucket: str, folders: list[FolderConfig]) -> CheckResult:
+    from quiltsync.registry import bucket_versioning
+
+    target = f"s3://{bucket}"
+    try:
+        status = bucket_versioning(bucket, max_age_s=0)
+    except QuiltsyncError as e:
+        return CheckResult("versioning", target, "fail", f"cannot read versioning: {e}")
+    if status == "Enabled":
+        return CheckResult("versioning", target, "ok", "Enabled")
+    fix = (f"enable it: aws s3api put-bucket-versioning --bucket {bucket} "
+           "--versioning-configuration Status=Enabled")
+    why = ("versioning was never enabled on bucket " + bucket if status is None else
+           f"versioning of bucket {bucket} is Suspended (new writes overwrite the 'null' version)")
+    allowed = all(f.allow_unversioned for f in folders)
+    return CheckResult("versioning", target, "warn" if allowed else "fail",
+                       f"{why}: an old top_hash would restore the newest bytes; {fix}"
+                       + ("; pushing anyway (allow_unversioned = true)" if allowed else
+                          "; pushes are refused until then"))
+
+
+def check_manifest_pinned(folder: FolderConfig) -> CheckResult:
+    from quiltsync.registry import Registry, unpinned_keys
+
+    target = folder.package
+    try:
+        rev = Registry(folder.registry).latest_revision(folder.package)
+    except QuiltsyncError as e:
+        return CheckResult("manifest_pinned", target, "fail", f"cannot read the latest manifest: {e}")
+    if rev is None:
+        return CheckResult("manifest_pinned", target, "ok", "no revision yet")
+    bad = unpinned_keys(rev.entries)
+    if not bad:
+        return CheckResult("manifest_pinned", target, "ok",
+                           f"latest {rev.top_hash[:12]}: all {len(rev.entries)} entries pinned")
+    return CheckResult("manifest_pinned", target, "fail",
+                       f"latest {rev.top_hash[:12]}: {len(bad)} of {len(rev.entries)} entries have no "
+                       f"versionId (first: {bad[0]!r}); it was pushed without versioning and cannot be "
+                       "restored exactly; the next push re-pins changed files only")
+
+
+def check_credentials() -> CheckResult:
+    from quiltsync.registry import quilt_credentials_file
+
+    path = quilt_credentials_file()
+    if path is None:
+        return CheckResult("credentials", "AWS chain", "ok", "no quilt3 credentials.json override")
+    return CheckResult("credentials", str(path), "warn",
+                       f"{path} (from quilt3.login) overrides the AWS credentials of the environment; "
+                       "remove it (or run quilt3.logout()) unless that is intended")
+
+
+def check_cache(config: Config) -> CheckResult:
+    from quiltsync import quiltcache
+    from quiltsync.registry import parse_manifest, quilt_paths
+
+    root = quilt_paths()[0]
+    report = quiltcache.inspect(root, {f.bucket for f in config.folder}, parse_manifest)
+    size = f"{report.total_bytes / 1e6:.1f} MB, {report.manifests} manifests, {report.objects} object paths"
+    if report.ok:
+        return CheckResult("cache", str(root), "ok", size)
+    kinds: dict[str, int] = {}
+    for p in report.problems:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    what = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    return CheckResult("cache", str(root), "warn", f"{what} ({size}); `quiltsync doctor --fix` removes exactly these")
+
+
+def check_watches(folders: Iterable[FolderConfig], installed: int | None = None) -> list[CheckResult]:
+    out = []
+    limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
+    needed = 0
+    for f in folders:
+        if not os.access(f.path, os.R_OK | os.X_OK) or not f.path.is_dir():
+            out.append(CheckResult("watches", str(f.path), "fail",
+                                   f"folder {f.path} is missing or unreadable by this user"))
+            continue
+        needed += sum(1 for _ in _dirs(f.path))
+    detail = f"{needed} directories to watch"
+    if installed is not None:
+        detail += f", {installed} watches installed"
+        if installed < needed:
+            out.append(CheckResult("watches", "inotify", "fail", detail + ": part of the trees is not watched"))
+            return out
+    if limit is not None:
+        detail += f", fs.inotify.max_user_watches = {limit}"
+        if needed > limit * 0.9:
+            out.append(CheckResult("watches", "inotify", "fail" if needed > limit else "warn",
+                                   detail + "; raise it: sysctl fs.inotify.max_user_watches=" +
+                                   str(max(needed * 2, 524288))))
+            return out
+    out.append(CheckResult("watches", "inotify", "ok", detail))
+    return out
+
+
+def _dirs(root: Path) -> Iterable[str]:
+    stack = [str(root)]
+    while stack:
+        d = stack.pop()
+        yield d
+        try:
+            with os.scandir(d) as it:
+                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
