@@ -209,7 +209,16 @@ def idle(s3: LocalS3, dirs: int, per_dir: int, idle_seconds: float) -> bool:
           f"also stats each file {walk_stat:.2f} s (ratio {reconcile / walk_stat:.1f}x)")
     print(f"idle: {cpu * 100:.2f}% of a core over {idle_seconds:.0f} s, RSS {rss:.0f} MB "
           f"(after idle {rss_after:.0f} MB)")
-    return cpu < 0.005 and rss_after < 150 and e_skip.get("hashed") == 0 and uploads == 0
+    checks = {
+        "idle CPU < 0.5% of a core": cpu < 0.005,
+        "RSS < 150 MB (after the restart's reconcile)": rss < 150,
+        "RSS < 150 MB (idle)": rss_after < 150,
+        "zero files hashed and zero uploads on the no-change restart": e_skip.get("hashed") == 0 and uploads == 0,
+        "no-change reconcile <= 2x a bare os.scandir walk": reconcile <= 2 * walk,
+    }
+    for name, met in checks.items():
+        print(f"  {'met    ' if met else 'NOT met'} {name}")
+    return all(checks.values())
 
 
 def main() -> int:
