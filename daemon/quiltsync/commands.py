@@ -65,6 +65,7 @@ def status(ctx: Context, *, as_json: bool) -> int:
 
     index = ctx.index()
     rows = []
+    recorded = index.health()
     for f in ctx.config.folder:
         rev = index.revision(f.package)
         snap_index = index.rows(f.package)
@@ -75,12 +76,21 @@ def status(ctx: Context, *, as_json: bool) -> int:
             problem = None
         except RootUnavailable as e:
             pending, files, problem = None, None, f"folder unavailable: {e}"
+        mine = [h for h in recorded if h[1] in (f.package, f"s3://{f.bucket}", str(f.path))]
+        bad = [f"{c}: {d}" for c, _t, s_, d, _at in mine if s_ == "fail"]
+        if problem is not None:
+            health = problem
+        elif bad:
+            health = "; ".join(bad)
+        elif mine:
+            health = f"ok (checked {_iso(max(h[4] for h in mine))} by the daemon)"
+        else:
+            health = "unknown (no daemon check recorded; run `quiltsync check`)"
         rows.append({
             "package": f.package, "registry": f.registry, "path": str(f.path),
             "last_top_hash": rev.top_hash if rev else None,
             "last_push": _iso(rev.pushed_at) if rev and rev.pushed_at else None,
-            "pending": pending, "files": files,
-            "health": "unknown (run `quiltsync check`)" if problem is None else problem,
+            "pending": pending, "files": files, "health": health,
         })
     if as_json:
         ctx.emit(json.dumps({"folders": rows}, indent=2))

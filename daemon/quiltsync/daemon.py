@@ -74,7 +74,11 @@ class Daemon:
         self._next_ping = 0.0
         self._next_rescan = 0.0
         self._next_root_check = 0.0
+        self._next_health = 0.0
         self._watcher: Any = None
+        self.health_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
+        self._health_running = False
+        self.health: dict[tuple[str, str], Any] = {}  # (check, target) -> CheckResult
 
     # -- life cycle ---------------------------------------------------------------
     def run(self) -> int:
@@ -121,7 +125,7 @@ class Daemon:
             self._timers(self.clock())
 
     def _next_wakeup(self, now: float) -> float:
-        times = [self._next_rescan, self._next_root_check]
+        times = [self._next_rescan, self._next_root_check, self._next_health]
         deadline = self.debouncer.next_deadline()
         if deadline is not None:
             times.append(deadline)
@@ -141,6 +145,9 @@ class Daemon:
         if now >= self._next_root_check:
             self._next_root_check = now + ROOT_CHECK_SECONDS
             self._check_roots(now)
+        if now >= self._next_health:
+            self._next_health = now + self.config.daemon.health_interval_seconds
+            self._start_health()
 
     # -- messages -----------------------------------------------------------------
     def _on_change(self, package: str, path: str | None) -> None:  # watchdog's thread
@@ -162,6 +169,8 @@ class Daemon:
                 self.debouncer.note(pkg, now, None, urgent=True)
         elif msg.kind == "done":
             self._push_done(msg.package or "", msg.value, now)
+        elif msg.kind == "health":
+            self._health_done(msg.value, now)
         elif msg.kind == "signal":
             if msg.value == signal.SIGHUP:
                 self._reload()
@@ -288,6 +297,66 @@ class Daemon:
         self.debouncer.hold_until(st.config.package, now + delay)
         self.notifier.status(self._status_line())
 
+    # -- health -------------------------------------------------------------------
+    def _start_health(self) -> None:
+        """Network checks run on their own thread with short timeouts: never in the loop."""
+        if self._health_running:
+            return
+        from quiltsync.health import run_all
+        from quiltsync.watcher import installed_watches
+
+        self._health_running = True
+        config = self.config
+        fut = self.health_pool.submit(lambda: run_all(config, installed_watches=installed_watches()))
+        fut.add_done_callback(lambda f: self.inbox.put(_Msg("health", value=f)))
+
+    def _health_done(self, fut: Future, now: float) -> None:
+        from quiltsync.health import CheckResult
+
+        self._health_running = False
+        try:
+            results = list(fut.result())
+        except Exception as e:  # noqa: BLE001 - a check crashing is itself a health failure
+            results = [CheckResult("registry", "health checks", "fail", f"{type(e).__name__}: {e}")]
+        results += self._stuck_checks(now)
+        for r in results:
+            key = (r.check, r.target)
+            previous = self.health.get(key)
+            if r.status == "ok":
+                if previous is None or previous.status != "ok":
+                    self.log.info("health.ok", check=r.check, target=r.target, detail=r.detail)
+            else:
+                log = self.log.error if r.status == "fail" else self.log.warning
+                log("health.failed", check=r.check, target=r.target, detail=r.detail, severity=r.status)
+            self.health[key] = r
+        try:
+            self.folders_index().write_health(
+                [(r.check, r.target, r.status, r.detail) for r in self.health.values()], time.time())
+        except Exception as e:  # noqa: BLE001 - status is best effort; never stop the daemon
+            self.log.warning("health.record_failed", error=str(e))
+        self.notifier.status(self._status_line())
+
+    def _stuck_checks(self, now: float) -> list[Any]:
+        from quiltsync.health import CheckResult
+
+        out = []
+        for pkg, st in self.folders.items():
+            batch = self.debouncer.pending(pkg)
+            waited = now - batch.first if batch is not None else 0.0
+            bound = 3 * st.config.max_delay_seconds + 60
+            if st.failures >= 5 or waited > bound:
+                why = (f"pushes failing {st.failures} times in a row: {st.problem or st.root_problem}"
+                       if st.failures >= 5 else f"changes pending for {waited:.0f}s (bound {bound:.0f}s)")
+                out.append(CheckResult("stuck", pkg, "fail", why))
+            else:
+                out.append(CheckResult("stuck", pkg, "ok", "changes flow"))
+        return out
+
+    def folders_index(self) -> Index:
+        if not hasattr(self, "_health_index"):
+            self._health_index = Index(self.config.daemon.state_dir / "index.sqlite3")
+        return self._health_index
+
     # -- reload and stop ------------------------------------------------------------
     def _reload(self) -> None:
         self.notifier.reloading()
@@ -336,17 +405,21 @@ class Daemon:
             except Exception as e:  # noqa: BLE001
                 self.log.warning("push.failed", package=pkg, error=str(e), attempt=1, retry_in_s=None)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.health_pool.shutdown(wait=False, cancel_futures=True)
         for st in self.folders.values():
             st.pusher.index.close()
+        if hasattr(self, "_health_index"):
+            self._health_index.close()
         self.notifier.close()
 
     # -- status ---------------------------------------------------------------------
     def _status_line(self) -> str:
         pending = sum(1 for p in self.folders if self.debouncer.pending(p) is not None)
         failing = [p for p, st in self.folders.items() if st.problem or st.root_problem]
+        failing += sorted({r.check for r in self.health.values() if r.status == "fail"})
         pushes = [st.last_push for st in self.folders.values() if st.last_push]
         age = f"last push {math.floor(time.time() - max(pushes))}s ago" if pushes else "no push yet"
-        health = f"{len(failing)} failing: {', '.join(failing)}" if failing else "ok"
+        health = f"{len(failing)} failing: {', '.join(failing)}" if failing else "health ok"
         return f"{len(self.folders)} folders, {pending} pending, {age}, {health}"
 
 

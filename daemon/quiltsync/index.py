@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS revision (
     pushed_at REAL NOT NULL,
     root_dev INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS health (
+    check_name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    checked_at REAL NOT NULL,
+    PRIMARY KEY (check_name, target)
+);
 CREATE TABLE IF NOT EXISTS entry (
     package TEXT NOT NULL,
     logical_key TEXT NOT NULL,
@@ -221,3 +229,19 @@ class Index:
             self.db.execute("ROLLBACK")
             raise
 
+    # -- health (written by the daemon, read by `quiltsync status`) --------------------
+    def write_health(self, results: Iterable[tuple[str, str, str, str]], checked_at: float) -> None:
+        """Replace the recorded health with (check, target, status, detail) rows."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM health")
+            self.db.executemany("INSERT OR REPLACE INTO health VALUES (?, ?, ?, ?, ?)",
+                                ((c, t, s, d, checked_at) for c, t, s, d in results))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def health(self) -> list[tuple[str, str, str, str, float]]:
+        return list(self.db.execute(
+            "SELECT check_name, target, status, detail, checked_at FROM health ORDER BY check_name, target"))
