@@ -133,3 +133,27 @@ def test_credentials_never_appear_in_logs_or_errors(setup: Setup) -> None:
     (setup.folder / "a.txt").write_text("x")
     proc = setup.cli("push", env={"AWS_SECRET_ACCESS_KEY": canary})
     assert canary not in proc.stdout + proc.stderr
+
+
+def test_lines_carry_their_syslog_priority_when_stderr_is_the_journal(setup: Setup) -> None:
+    """With JOURNAL_STREAM naming stderr, each JSON line starts with <N> so journalctl -p filters."""
+    import os
+    import subprocess
+    import sys
+
+    (setup.folder / "a.txt").write_text("x")
+    r, w = os.pipe()
+    st = os.fstat(w)
+    env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    write_config(setup.config_path, setup.folder, setup.package, "s3://no-such-bucket-journal",
+                 setup.endpoint, setup.state_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "quiltsync", "--config", str(setup.config_path), "push"],
+                            stderr=w, stdout=subprocess.DEVNULL, env=env)
+    os.close(w)
+    with os.fdopen(r) as f:
+        lines = [line for line in f.read().splitlines() if line.startswith("<")]
+    proc.wait(timeout=60)
+    assert lines, "expected prefixed log lines"
+    prios = {line[: line.index(">") + 1] for line in lines}
+    assert "<3>" in prios  # push.failed is an error
+    assert all(json.loads(line[line.index(">") + 1:])["event"] for line in lines)

@@ -231,3 +231,34 @@ def test_a_burst_that_overflows_the_kernel_queue_still_ends_with_every_file(fast
         assert len(manifest_files(fast, fast.registry_api().latest(fast.package))) == n
     finally:
         d.kill()
+
+
+def test_metrics_endpoint_reports_pushes_health_and_pending(fast: Setup) -> None:
+    """With metrics_address set, a scrape shows pushes, bytes, last push time and health per check."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    text = fast.config_path.read_text().replace('log_format = "json"\n',
+                                                f'log_format = "json"\nmetrics_address = "{port}"\n')
+    fast.config_path.write_text(text)
+    d = DaemonProcess(fast.config_path)
+    try:
+        started = d.wait_for(lambda e: e.get("event") == "metrics.started")
+        assert started["address"] == f"127.0.0.1:{port}"
+        d.wait_for(lambda e: e.get("event") == "rescan.completed")
+        (fast.folder / "m.txt").write_text("metrics")
+        d.wait_for(_completed, timeout=30)
+        d.wait_for(lambda e: e.get("event") == "health.ok" and e.get("check") == "versioning", timeout=30)
+        time.sleep(0.5)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        d.kill()
+    pkg = f'package="{fast.package}"'
+    assert f"quiltsync_pushes_total{{{pkg}}} 1.0" in body
+    assert f"quiltsync_uploaded_bytes_total{{{pkg}}} 7.0" in body
+    assert f"quiltsync_pending_changes{{{pkg}}} 0.0" in body
+    assert f"quiltsync_last_push_timestamp_seconds{{{pkg}}}" in body
+    assert 'quiltsync_health{check="versioning"' in body and "quiltsync_push_duration_seconds_bucket" in body

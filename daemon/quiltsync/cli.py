@@ -67,7 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return _dispatch(args, out)
     except QuiltsyncError as e:
-        print(f"quiltsync: error: {e}", file=sys.stderr)
+        from quiltsync.logs import journal_stream_matches
+
+        prefix = "<3>" if journal_stream_matches(sys.stderr) else ""
+        print(f"{prefix}quiltsync: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("quiltsync: interrupted", file=sys.stderr)

@@ -54,6 +54,20 @@ class DaemonConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     rescan_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
     health_interval_seconds: Annotated[float, Field(gt=0)] = 300.0
+    metrics_address: str | None = None
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if v.isdigit():
+            v = f"127.0.0.1:{v}"  # a bare port listens on loopback only
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+            raise ValueError(f"expected 'HOST:PORT' or a port, like '127.0.0.1:9464', got {v!r}")
+        return v
 
 
 class S3Config(_Strict):

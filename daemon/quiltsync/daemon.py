@@ -79,6 +79,7 @@ class Daemon:
         self.health_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
         self._health_running = False
         self.health: dict[tuple[str, str], Any] = {}  # (check, target) -> CheckResult
+        self.metrics: Any = None
 
     # -- life cycle ---------------------------------------------------------------
     def run(self) -> int:
@@ -90,6 +91,7 @@ class Daemon:
         self._watcher.start()
         self.log.info("daemon.started", pid=os.getpid(), config=str(self.config_path),
                       folders=len(self.config.folder))
+        self._start_metrics()
         for f in self.config.folder:
             self._add_folder(f)
         now = self.clock()
@@ -123,6 +125,7 @@ class Daemon:
                     except queue.Empty:
                         break
             self._timers(self.clock())
+            self._update_gauges()
 
     def _next_wakeup(self, now: float) -> float:
         times = [self._next_rescan, self._next_root_check, self._next_health]
@@ -190,6 +193,8 @@ class Daemon:
 
     def _remove_folder(self, package: str) -> None:
         st = self.folders.pop(package, None)
+        if self.metrics is not None:
+            self.metrics.forget(package)
         self.debouncer.forget(package)
         if self._watcher is not None:
             self._watcher.unwatch(package)
@@ -277,6 +282,8 @@ class Daemon:
             return
         st.failures, st.problem = 0, None
         self.debouncer.release(package)
+        if self.metrics is not None:
+            self.metrics.push_done(package, result)
         if result.top_hash:
             st.last_top_hash = result.top_hash
         if result.pushed:
@@ -290,12 +297,40 @@ class Daemon:
 
     def _retry_later(self, st: _FolderState, now: float, error: str, *, log: bool = True) -> None:
         delay = min(BACKOFF_CAP_SECONDS, 2.0 ** min(st.failures - 1, 16))
+        if self.metrics is not None:
+            self.metrics.push_failed(st.config.package)
         if log:
             self.log.warning("push.failed", package=st.config.package, registry=st.config.registry,
                              error=error, attempt=st.failures, retry_in_s=delay)
         self.debouncer.note(st.config.package, now, None, urgent=True)
         self.debouncer.hold_until(st.config.package, now + delay)
         self.notifier.status(self._status_line())
+
+    # -- metrics ------------------------------------------------------------------
+    def _start_metrics(self) -> None:
+        address = self.config.daemon.metrics_address
+        if not address:
+            return
+        from quiltsync.metrics import Metrics
+
+        metrics = Metrics()
+        try:
+            host, port = metrics.serve(address)
+        except OSError as e:
+            self.log.error("metrics.failed", address=address, error=str(e),
+                           detail="metrics are off; pushing goes on")
+            return
+        self.metrics = metrics
+        self.log.info("metrics.started", address=f"{host}:{port}")
+
+    def _update_gauges(self) -> None:
+        if self.metrics is None:
+            return
+        for pkg, st in self.folders.items():
+            batch = self.debouncer.pending(pkg)
+            self.metrics.pending.labels(pkg).set(0 if batch is None else max(1, batch.size))
+            if st.last_push:
+                self.metrics.last_push.labels(pkg).set(st.last_push)
 
     # -- health -------------------------------------------------------------------
     def _start_health(self) -> None:
@@ -329,6 +364,10 @@ class Daemon:
                 log = self.log.error if r.status == "fail" else self.log.warning
                 log("health.failed", check=r.check, target=r.target, detail=r.detail, severity=r.status)
             self.health[key] = r
+            if self.metrics is not None:
+                from quiltsync.metrics import HEALTH_VALUE
+
+                self.metrics.health.labels(r.check, r.target).set(HEALTH_VALUE[r.status])
         try:
             self.folders_index().write_health(
                 [(r.check, r.target, r.status, r.detail) for r in self.health.values()], time.time())
@@ -406,6 +445,8 @@ class Daemon:
                 self.log.warning("push.failed", package=pkg, error=str(e), attempt=1, retry_in_s=None)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.health_pool.shutdown(wait=False, cancel_futures=True)
+        if self.metrics is not None:
+            self.metrics.stop()
         for st in self.folders.values():
             st.pusher.index.close()
         if hasattr(self, "_health_index"):

@@ -8,6 +8,7 @@ progress bars never reach stderr: see ``silence_quilt3_stdout`` and quilt_env.py
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
@@ -41,7 +42,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream)
+    handler = (_JournalHandler if use_json and journal_stream_matches(stream) else logging.StreamHandler)(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -58,6 +59,29 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+def journal_stream_matches(stream: TextIO) -> bool:
+    """systemd sets JOURNAL_STREAM=dev:inode of the stream it connected to the journal."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+# syslog priorities: journalctl -p warning keeps <0>..<4>
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class _JournalHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Prefixes each line with ``<N>``, its syslog priority, which journald strips and
+    records; ``journalctl -o cat`` then shows plain JSON lines for jq."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelno, 6)}>" + super().format(record)
 
 
 def get_logger(name: str = "quiltsync") -> Any:
