@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test test-systemd bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Root only: boots systemd as PID 1 of new namespaces and runs the real unit.
+test-systemd: $(STAMP)
+	$(BIN)/python -m pytest -q tests_systemd
 
 bench: $(STAMP)
 	$(BIN)/python bench/incremental.py
