@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     push = sub.add_parser("push", parents=[common], help="one reconcile-and-push pass now")
     push.add_argument("--folder", metavar="PACKAGE", help="only the folder of this package")
+    push.add_argument("--allow-deletes", action="store_true",
+                      help="push deletions the safety checks hold (mass deletion, emptied or remounted folder)")
 
     sub.add_parser("check", parents=[common], help="validate config, run every health check; exit 1 if unhealthy")
 
@@ -90,7 +92,7 @@ def _dispatch(args: argparse.Namespace, out: object) -> int:
 
         return run_daemon(ctx.config_path, ctx.config)
     if args.command == "push":
-        return commands.push(ctx, args.folder)
+        return commands.push(ctx, args.folder, allow_deletes=args.allow_deletes)
     if args.command == "check":
         return commands.check(ctx)
     if args.command == "doctor":

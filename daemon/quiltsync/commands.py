@@ -37,7 +37,7 @@ class Context:
         self.out.flush()
 
 
-def push(ctx: Context, only: str | None) -> int:
+def push(ctx: Context, only: str | None, *, allow_deletes: bool = False) -> int:
     from quiltsync.pusher import FolderPusher, push_with_retries
 
     folders = [ctx.config.folder_by_package(only)] if only else list(ctx.config.folder)
@@ -48,7 +48,7 @@ def push(ctx: Context, only: str | None) -> int:
         pusher = FolderPusher(folder, index)
         try:
             for _ in range(3):  # files that changed during a push are pushed again
-                result = push_with_retries(pusher, attempts=3)
+                result = push_with_retries(pusher, attempts=3, allow_deletes=allow_deletes)
                 if result.pushed:
                     ctx.emit(f"{result.package} {result.top_hash}")
                 if not result.changed_during_push:

@@ -90,6 +90,7 @@ class FolderConfig(_Strict):
     max_delay_seconds: Annotated[float, Field(gt=0)] = 30.0
     ignore: list[str] = Field(default_factory=list)
     allow_unversioned: bool = False
+    max_delete_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
 
     @field_validator("package")
     @classmethod

@@ -107,10 +107,12 @@ class FolderPusher:
             self.log.warning("scan.skipped", path=s.path, reason=s.reason)
         return scan
 
-    def push(self, *, defer_moving: bool = False, paths: Iterable[str] | None = None) -> PushResult:
+    def push(self, *, defer_moving: bool = False, paths: Iterable[str] | None = None,
+             allow_deletes: bool = False) -> PushResult:
         """One pass. ``defer_moving``: a file whose stat changed since the scan (still
         being written) is left for the next pass instead of being pushed half-written.
-        ``paths``: the only paths that changed (relative), when the caller knows them."""
+        ``paths``: the only paths that changed (relative), when the caller knows them.
+        ``allow_deletes``: an operator confirmed the deletions the safety checks hold."""
         started = time.monotonic()
         recorded_ns = time.time_ns()
         base = self._load_base()
@@ -138,7 +140,7 @@ class FolderPusher:
                     base = self._remote_base(_Base(None, {}, False))
                     continue
                 base.verified = True
-            self._check_safe(plan, scan, base)
+            self._check_safe(plan, scan, base, allow_deletes)
             self._check_versioning()
             try:
                 return self._push_plan(plan, scan, base, started, recorded_ns, defer_moving)
@@ -178,13 +180,29 @@ class FolderPusher:
             return None
 
     # -- safety -------------------------------------------------------------------
-    def _check_safe(self, plan: Plan, scan: Scan, base: _Base) -> None:
-        if base.revision and base.revision.entries and not scan.files:
-            reason = (f"folder {self.folder.path} is empty but revision "
-                      f"{base.revision.top_hash[:12]} has {len(base.revision.entries)} files; "
-                      "refusing to push a deletion of everything")
-            self.log.error("push.refused", reason=reason)
-            raise PushRefused(f"{self.folder.package}: {reason}")
+    def _check_safe(self, plan: Plan, scan: Scan, base: _Base, allow_deletes: bool) -> None:
+        """Stop before a push that would drop data by accident (marker-free: the
+        recorded revision, its root device and its file count are the reference)."""
+        if base.revision is None or not plan.deleted or allow_deletes:
+            return
+        total = len(base.revision.entries)
+        hint = "; once that is intended, run `quiltsync push --allow-deletes`"
+        reason = None
+        recorded = self.index.revision(self.folder.package)
+        if not scan.files:
+            reason = (f"folder {self.folder.path} is empty but revision {base.revision.top_hash[:12]} has "
+                      f"{total} files; refusing to push a deletion of everything")
+        elif recorded is not None and recorded.root_dev and recorded.root_dev != scan.root_dev:
+            reason = (f"folder {self.folder.path} is on another device than when it was last pushed "
+                      f"(unmounted, or a different disk mounted there); refusing to push "
+                      f"{len(plan.deleted)} deletions")
+        elif len(plan.deleted) > 1 and len(plan.deleted) > self.folder.max_delete_fraction * total:
+            reason = (f"this push would delete {len(plan.deleted)} of {total} files of {self.folder.package} "
+                      f"(more than max_delete_fraction = {self.folder.max_delete_fraction:g}); "
+                      f"first: {plan.deleted[0]!r}")
+        if reason is not None:
+            self.log.error("push.refused", reason=reason + hint, deleted=len(plan.deleted), files=total)
+            raise PushRefused(f"{self.folder.package}: {reason}{hint}")
 
     def _check_versioning(self) -> None:
         """Refuse to push to a bucket that does not keep versions (FACTS.md: an old
@@ -336,6 +354,7 @@ def result_fields(r: PushResult) -> dict[str, Any]:
 def push_with_retries(
     pusher: FolderPusher,
     *,
+    allow_deletes: bool = False,
     attempts: int = 5,
     cap_s: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
@@ -347,7 +366,7 @@ def push_with_retries(
 
     for attempt in range(1, attempts + 1):
         try:
-            return pusher.push()
+            return pusher.push(allow_deletes=allow_deletes)
         except TransientError as e:
             if attempt == attempts:
                 pusher.log.error("push.failed", error=str(e), attempt=attempt, retry_in_s=None)
