@@ -39,6 +39,7 @@ from quiltsync.scanner import (
 )
 
 MAX_CONFLICT_RETRIES = 5
+S3_MAX_KEY_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,15 @@ class FolderPusher:
         self._not_before = 0.0  # no push before this unix time (see _wait_for_next_second)
 
     # -- the pass ----------------------------------------------------------------
+    def _drop_unpushable(self, scan: Scan) -> None:
+        """S3 keys are at most 1,024 bytes: a logical key longer than that under the
+        package prefix would fail the whole push, so that file is skipped, named."""
+        room = S3_MAX_KEY_BYTES - len(self.folder.package.encode()) - 1
+        for lk in [lk for lk in scan.files if len(lk.encode()) > room]:
+            del scan.files[lk]
+            self.log.warning("scan.skipped", path=str(self.folder.path / lk),
+                             reason=f"path is longer than S3 allows for a key ({room} bytes here)")
+
     def scan(self, paths: Iterable[str] | None = None, base: _Base | None = None) -> Scan:
         """The folder's files: a full scan, or (``paths`` given and the base's rows
         trusted to be the last scan) the rows updated for those paths only."""
@@ -105,6 +115,7 @@ class FolderPusher:
             raise PushRefused(f"{self.folder.package}: folder root unavailable: {e}") from None
         for s in scan.skipped:
             self.log.warning("scan.skipped", path=s.path, reason=s.reason)
+        self._drop_unpushable(scan)
         return scan
 
     def push(self, *, defer_moving: bool = False, paths: Iterable[str] | None = None,

@@ -5,6 +5,7 @@ response fix from FACTS.md: moto's CompleteMultipartUpload and UploadPartCopy
 responses lack ``ChecksumSHA256``, and quilt3 reads that field for every file of
 8 MiB or more and for S3-to-S3 copies. The fix adds the field from moto's own
 state (the composite checksum moto already computed, or the SHA-256 of the part).
+A second fix lets its URL rules match keys with newlines, which S3 allows.
 
 Every request the server answers is recorded (method, path, query), so tests and
 benchmarks can count what a push really cost.
@@ -83,6 +84,18 @@ def _patch_moto() -> None:
 
         S3Response._key_response_post = _key_response_post
         S3Response.upload_part_copy = upload_part_copy
+
+        # S3 keys may contain newlines; moto's URL rules use `.`, which does not
+        # match one, so such a PUT would 404. Let `.` match every character.
+        from moto.moto_server import utilities
+
+        orig_init = utilities.RegexConverter.__init__
+
+        def converter_init(self: Any, url_map: Any, *items: Any) -> None:
+            orig_init(self, url_map, *items)
+            self.regex = "(?s:" + self.regex + ")"
+
+        utilities.RegexConverter.__init__ = converter_init
         _PATCHED = True
 
 
