@@ -272,3 +272,55 @@ def test_a_crash_between_push_and_index_commit_converges_without_a_duplicate_rev
     assert not third.pushed and third.top_hash == second.top_hash
     assert _object_puts(local_s3.requests) == []
     assert [t for _, t in setup.registry_api().versions(setup.package)][-1] == second.top_hash
+
+
+def test_a_file_rewritten_during_its_upload_is_never_published_torn(setup: Setup, local_s3) -> None:
+    """If a file changes while it uploads, nothing is published; the next pass pushes a still copy."""
+    (setup.folder / "model.bin").write_bytes(b"a" * 5000)
+    pusher = setup.pusher()
+    first = pusher.push()
+    (setup.folder / "model.bin").write_bytes(b"b" * 9000)
+    old = time.time() - 100  # not recently written: uploaded straight from the folder
+    os.utime(setup.folder / "model.bin", (old, old))
+    rewrites = {"n": 0}
+
+    def rewrite_during_upload(req):
+        if req.method == "PUT" and req.path.endswith("/team/data/model.bin") and rewrites["n"] == 0:
+            rewrites["n"] += 1
+            with open(setup.folder / "model.bin", "r+b") as f:  # rewritten in place mid-push
+                f.write(b"c" * 9000)
+        return None
+
+    local_s3.set_fault(rewrite_during_upload)
+    try:
+        aborted = pusher.push()
+    finally:
+        local_s3.set_fault(None)
+    assert rewrites["n"] == 1 and not aborted.pushed
+    assert setup.registry_api().latest(setup.package) == first.top_hash
+    assert aborted.changed_during_push == ["model.bin"]
+    again = pusher.push()
+    assert again.pushed
+    assert manifest_files(setup, again.top_hash) == {"model.bin": b"c" * 9000}
+
+
+def test_a_file_still_being_written_is_pushed_from_a_still_copy(setup: Setup, local_s3) -> None:
+    """A recently written file is copied first: what is published is one state of it, whole."""
+    (setup.folder / "log.txt").write_bytes(b"1" * 4000)
+    pusher = setup.pusher()
+
+    def append_during_upload(req):
+        if req.method == "PUT" and req.path.endswith("/team/data/log.txt"):
+            with open(setup.folder / "log.txt", "ab") as f:
+                f.write(b"2" * 100)
+        return None
+
+    local_s3.set_fault(append_during_upload)
+    try:
+        result = pusher.push()
+    finally:
+        local_s3.set_fault(None)
+    assert result.pushed and result.changed_during_push == ["log.txt"]
+    assert manifest_files(setup, result.top_hash) == {"log.txt": b"1" * 4000}
+    again = pusher.push()
+    assert manifest_files(setup, again.top_hash)["log.txt"] == (setup.folder / "log.txt").read_bytes()

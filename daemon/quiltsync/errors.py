@@ -12,6 +12,7 @@ code and the CLI only ever see these::
     |   +-- PermanentError      retrying will not help (denied, no bucket)
     +-- PushConflict            another writer moved `latest` meanwhile
     +-- PushRefused             pushing would be unsafe (vanished root, mass deletion)
+    +-- SourceChanged           files changed during their upload: nothing published
     +-- RestoreError            a revision could not be restored or verified
 """
 
@@ -50,6 +51,14 @@ class PushConflict(QuiltsyncError):
 
 class PushRefused(QuiltsyncError):
     pass
+
+
+class SourceChanged(QuiltsyncError):
+    """Files changed while they were uploaded: the revision was not published."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"{len(keys)} file(s) changed while being uploaded (first: {keys[0]!r})")
+        self.keys = keys
 
 
 class RestoreError(QuiltsyncError):

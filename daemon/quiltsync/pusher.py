@@ -24,7 +24,7 @@ from typing import Any
 
 from quiltsync import hashing
 from quiltsync.config import FolderConfig
-from quiltsync.errors import PermanentError, PushConflict, PushRefused, TransientError
+from quiltsync.errors import PermanentError, PushConflict, PushRefused, SourceChanged, TransientError
 from quiltsync.index import Index, Revision, Row
 from quiltsync.logs import get_logger
 from quiltsync.planner import Plan, plan_push
@@ -40,6 +40,42 @@ from quiltsync.scanner import (
 
 MAX_CONFLICT_RETRIES = 5
 S3_MAX_KEY_BYTES = 1024
+HOT_NS = 2_000_000_000  # modified this recently: maybe still being written
+
+
+class Snapshots:
+    """Still copies of files that are being written, taken in the state dir."""
+
+    def __init__(self, folder: FolderConfig, state_dir: Path) -> None:
+        import tempfile
+
+        base = state_dir / "snapshots"
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir = Path(tempfile.mkdtemp(prefix=folder.package.replace("/", "_") + "-", dir=base))
+        self._n = 0
+
+    def take(self, path: Path, attempts: int = 3) -> tuple[FileStat, Path] | None:
+        """(the file's stat, a copy) taken while its stat did not move, or None."""
+        import shutil
+
+        for _ in range(attempts):
+            self._n += 1
+            copy = self.dir / str(self._n)
+            try:
+                before = FileStat.of(os.stat(path))
+                shutil.copyfile(path, copy)
+                after = FileStat.of(os.stat(path))
+            except OSError:
+                return None
+            if before == after and copy.stat().st_size == before.size:
+                return before, copy
+            copy.unlink(missing_ok=True)
+        return None
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +126,7 @@ class FolderPusher:
         self.log = get_logger("quiltsync.push").bind(package=folder.package, registry=folder.registry)
         self._last: tuple[RemoteRevision, dict[str, Row]] | None = None
         self._not_before = 0.0  # no push before this unix time (see _wait_for_next_second)
+        self._hot: set[str] = set()  # keys that changed during an upload: snapshot them
 
     # -- the pass ----------------------------------------------------------------
     def _drop_unpushable(self, scan: Scan) -> None:
@@ -238,10 +275,12 @@ class FolderPusher:
     # -- pushing ------------------------------------------------------------------
     def _push_plan(self, plan: Plan, scan: Scan, base: _Base, started: float,
                    recorded_ns: int, defer_moving: bool = False) -> PushResult:
-        uploads: dict[str, Path] = {}
+        uploads: dict[str, tuple[Path, int]] = {}
+        direct: dict[str, Path] = {}  # uploaded from the folder itself (not a snapshot)
         set_stats: dict[str, FileStat] = {}
         vanished: list[str] = []
         set_ns = time.time_ns()  # before the stats below: the racy check must be conservative
+        snapshots = None
         for lk in plan.uploads:
             path = self.folder.path / lk
             try:
@@ -249,14 +288,36 @@ class FolderPusher:
             except OSError:
                 vanished.append(lk)
                 continue
-            if defer_moving and st != scan.files[lk]:
+            if defer_moving and st != scan.files[lk] and lk not in self._hot:
                 vanished.append(lk)  # still being written: next round
                 continue
             if not os.access(path, os.R_OK):
                 self.log.warning("scan.skipped", path=str(path), reason="permission denied")
                 continue
+            if lk in self._hot or (not defer_moving and st.mtime_ns > set_ns - HOT_NS):
+                # Being written (or changed during an earlier upload): upload a copy
+                # taken while the file stood still, so the revision is never torn.
+                snapshots = snapshots or Snapshots(self.folder, self.index.path.parent)
+                snap = snapshots.take(path)
+                if snap is None:
+                    vanished.append(lk)
+                    continue
+                st, copy = snap
+                uploads[lk] = (copy, st.size)
+            else:
+                uploads[lk] = (path, st.size)
+                direct[lk] = path
             set_stats[lk] = st
-            uploads[lk] = path
+        try:
+            return self._publish(plan, scan, base, started, recorded_ns, uploads, direct, set_stats,
+                                 vanished, set_ns)
+        finally:
+            if snapshots is not None:
+                snapshots.clear()
+
+    def _publish(self, plan: Plan, scan: Scan, base: _Base, started: float, recorded_ns: int,
+                 uploads: dict[str, tuple[Path, int]], direct: dict[str, Path],
+                 set_stats: dict[str, FileStat], vanished: list[str], set_ns: int) -> PushResult:
         if not uploads and not plan.deleted:  # all deferred, vanished or unreadable
             return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
                               _top(base.revision), files=len(scan.files), changed_during_push=vanished)
@@ -268,9 +329,23 @@ class FolderPusher:
                   "deleted": len(plan.deleted)}
         message = (f"quiltsync@{socket.gethostname()}: {counts['added']} added, "
                    f"{counts['modified']} modified, {counts['deleted']} deleted")
-        new = self.registry.push(self.folder.package, base.revision, uploads, plan.deleted, message)
+        def changed_sources() -> list[str]:
+            return sorted(lk for lk, path in direct.items() if _stat_or_none(path) != set_stats[lk])
+
+        try:
+            new = self.registry.push(self.folder.package, base.revision, uploads, plan.deleted, message,
+                                     changed_sources)
+        except SourceChanged as e:
+            self._hot.update(e.keys)
+            self.log.warning("push.aborted", keys=e.keys[:20], count=len(e.keys),
+                             detail="files changed while being uploaded; nothing was published; "
+                                    "they are pushed from a still copy next round")
+            return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
+                              _top(base.revision), files=len(scan.files),
+                              changed_during_push=sorted([*e.keys, *vanished]))
+        self._hot.difference_update(uploads)
         pushed_at = self.clock()
-        changed = [lk for lk, st in set_stats.items() if _stat_or_none(uploads[lk]) != st]
+        changed = [lk for lk, st in set_stats.items() if _stat_or_none(self.folder.path / lk) != st]
         rows = self._rows_after(new, base, plan, scan, set_stats, set_ns, recorded_ns)
         revision = Revision(self.folder.package, self.folder.registry, str(self.folder.path),
                             new.top_hash, new.meta, pushed_at, scan.root_dev)

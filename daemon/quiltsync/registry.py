@@ -20,7 +20,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from quiltsync.errors import (
     PermanentError,
     PushConflict,
     QuiltsyncError,
+    SourceChanged,
     TransientError,
 )
 from quiltsync.hashing import HashValue
@@ -261,28 +262,42 @@ class Registry:
         self,
         name: str,
         base: RemoteRevision | None,
-        uploads: Mapping[str, Path],
+        uploads: Mapping[str, tuple[Path, int]],
         deletes: list[str],
         message: str,
+        changed_sources: Callable[[], list[str]] | None = None,
     ) -> RemoteRevision:
-        """Push ``base`` with ``uploads`` set from local files and ``deletes`` removed.
+        """Push ``base`` with ``uploads`` (logical key -> (local file, size)) and
+        ``deletes`` removed.
 
-        Fails with PushConflict when `latest` is no longer ``base`` (another writer).
-        Returns the new revision with every entry's hash and versioned physical key.
+        After the uploads and before the manifest is written, ``changed_sources()``
+        names files that changed meanwhile (quilt3 stores what it read, sized as
+        recorded: a torn or truncated object); if any, nothing is published and
+        SourceChanged is raised. Fails with PushConflict when `latest` is no longer
+        ``base`` (another writer). Returns the new revision.
         """
+        from quilt3.data_transfer import copy_file_list
+
+        def copy_then_check(file_list: Any, *args: Any, **kwargs: Any) -> Any:
+            results = copy_file_list(file_list, *args, **kwargs)
+            changed = changed_sources() if changed_sources else []
+            if changed:
+                raise SourceChanged(changed)
+            return results
+
         pkg = _package(base.meta if base else {"version": "v0"}, base.entries if base else {})
         if base is not None:
             pkg._origin = PackageRevInfo(self.url, name, base.top_hash)
         with mapped_errors(f"pushing {name} to {self.url}"):
-            for lk, path in uploads.items():
-                size = os.stat(path).st_size
+            for lk, (path, size) in uploads.items():
                 pkg._set(lk, PackageEntry(PhysicalKey.from_path(str(path)), size, None, None))
             for lk in deletes:
                 pkg.delete(lk)
             # _push(print_info=False): the public push() prints, and to print the
             # short hash it LISTs all of .quilt/packages/ (grows with history).
             new = pkg._push(name, self.url, None, message, None, workflow=...,
-                            print_info=False, force=False, dedupe=False)
+                            print_info=False, force=False, dedupe=False,
+                            copy_file_list_fn=copy_then_check)
         # Unchanged entries are the base's: only read back what this push set.
         entries = {lk: e for lk, e in (base.entries if base else {}).items() if lk not in deletes}
         entries.update(_entries_of(new, uploads))
