@@ -141,7 +141,8 @@ def test_the_unit_starts_pushes_reloads_survives_a_watchdog_kill_and_stops(syste
         systemd.wait_until(lambda: reg.latest("team/systemd") is not None, 60)
         rev = reg.revision("team/systemd", reg.latest("team/systemd"))
         assert set(rev.entries) == {"hello.txt"}
-        assert '"event": "push.completed"' in systemd.journal("quiltsync.service")
+        # `latest` moves a moment before the daemon logs push.completed
+        systemd.wait_until(lambda: '"event": "push.completed"' in systemd.journal("quiltsync.service"), 30)
         assert systemd.run("journalctl", "-u", "quiltsync.service", "-p", "info", "-o", "cat",
                            "--no-pager").stdout.count("push.completed") >= 1
 
