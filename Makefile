@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-systemd bench venv clean
+.PHONY: demo test test-systemd soak bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 # Root only: boots systemd as PID 1 of new namespaces and runs the real unit.
 test-systemd: $(STAMP)
 	$(BIN)/python -m pytest -q tests_systemd
+
+# 200 crash trials (SIGKILL at random moments during edits and pushes); CI runs 20.
+soak: $(STAMP)
+	QUILTSYNC_SOAK_TRIALS=200 $(BIN)/python -m pytest -q -s tests/test_crash.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/incremental.py

@@ -110,7 +110,7 @@ class _Recorder:
         self.app = app
         self.requests: list[Request] = []
         self.lock = threading.Lock()
-        self.fault: Callable[[Request], tuple[int, str] | None] | None = None
+        self.fault: Callable[[Request], tuple[Any, Any] | None] | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         req = Request(environ["REQUEST_METHOD"], unquote(environ.get("PATH_INFO", "")),
@@ -119,6 +119,8 @@ class _Recorder:
             with self.lock:
                 self.requests.append(req)
         fault = self.fault(req) if self.fault else None
+        if fault is not None and fault[0] == "truncate":
+            return self._truncated(environ, start_response, int(fault[1]))
         if fault is not None:
             code, text = fault
             body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{text}</Code>"
@@ -127,6 +129,13 @@ class _Recorder:
                                               ("Content-Length", str(len(body)))])
             return [body]
         return self.app(environ, start_response)
+
+
+    def _truncated(self, environ: dict[str, Any], start_response: Callable[..., Any], keep: int
+                   ) -> Iterable[bytes]:
+        """The real response's headers (its Content-Length too), then only ``keep`` bytes."""
+        body = b"".join(self.app(environ, start_response))
+        return [body[:keep]]
 
 
 class LocalS3:
@@ -192,8 +201,9 @@ class LocalS3:
         with self._recorder.lock:
             self._recorder.requests.clear()
 
-    def set_fault(self, fault: Callable[[Request], tuple[int, str] | None] | None) -> None:
-        """Answer requests for which ``fault(req)`` returns (status, code) with that error."""
+    def set_fault(self, fault: Callable[[Request], tuple[Any, Any] | None] | None) -> None:
+        """Answer requests for which ``fault(req)`` returns (status, code) with that error,
+        or ("truncate", n) with the real response cut after n body bytes."""
         assert self._recorder is not None
         self._recorder.fault = fault
 
