@@ -26,24 +26,14 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TMP = Path(tempfile.mkdtemp(prefix="quiltsync-bench-"))
-os.environ.update(XDG_CACHE_HOME=str(TMP / "cache"), XDG_DATA_HOME=str(TMP / "data"),
-                  AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-    os.environ.pop(var, None)
-sys.path.insert(0, str(ROOT / "daemon"))
-
-from quiltsync import quilt_env  # noqa: E402
+from benchenv import ROOT, TMP  # noqa: E402,F401  (sets the environment first)
 from quiltsync.s3local import LocalS3  # noqa: E402
 
-quilt_env.prepare()
 TICK = os.sysconf("SC_CLK_TCK")
 
 

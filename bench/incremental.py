@@ -18,23 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-_TMP = Path(tempfile.mkdtemp(prefix="quiltsync-bench-"))
-os.environ.update(XDG_CACHE_HOME=str(_TMP / "cache"), XDG_DATA_HOME=str(_TMP / "data"),
-                  AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-    os.environ.pop(var, None)
-sys.path.insert(0, str(ROOT / "daemon"))
-
+from benchenv import ROOT, TMP as _TMP  # noqa: E402,F401  (sets the environment first)
 from quiltsync import logs, quilt_env  # noqa: E402
 from quiltsync.s3local import LocalS3  # noqa: E402
-
-quilt_env.prepare()  # before quilt3 is imported: no metrics, no progress bars
 
 
 def make_folder(path: Path, n: int) -> None:
@@ -79,7 +68,8 @@ def run(s3: LocalS3, n: int, rounds: int) -> int:
     ours: list[tuple[int, float]] = []
     naive: list[tuple[int, float]] = []
     for r in range(rounds):
-        victim = folder / "d007" / f"f{3500 + r:05d}.bin"
+        i = n // 2 + r
+        victim = folder / f"d{i // 500:03d}" / f"f{i:05d}.bin"
         victim.write_bytes(os.urandom(2048))
         time.sleep(1.0)  # one push per second per package (quilt3 pointer names)
         s3.reset_requests()

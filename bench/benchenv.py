@@ -1,0 +1,21 @@
+"""Shared set-up of the benchmarks: a private temp dir for quilt3's cache and data,
+dummy credentials for the local S3, and quilt3's import-time environment."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TMP = Path(tempfile.mkdtemp(prefix="quiltsync-bench-"))
+os.environ.update(XDG_CACHE_HOME=str(TMP / "cache"), XDG_DATA_HOME=str(TMP / "data"),
+                  AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    os.environ.pop(var, None)
+sys.path.insert(0, str(ROOT / "daemon"))
+
+from quiltsync import quilt_env  # noqa: E402
+
+quilt_env.prepare()  # before quilt3 is imported: no metrics, no progress bars
