@@ -15,6 +15,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 from conftest import Setup, write_config
 from daemonproc import DaemonProcess
 from verify import converged, verify_history
@@ -36,6 +38,7 @@ def _editor(folder, rng: random.Random, stop: threading.Event) -> None:
         time.sleep(rng.uniform(0.0, 0.08))
 
 
+@pytest.mark.timeout(60 * TRIALS + 300)
 def test_sigkill_at_random_moments_always_converges_and_loses_no_revision(setup: Setup) -> None:
     """Kill -9 during edits and pushes, restart: converged, every revision verifies, none lost."""
     write_config(setup.config_path, setup.folder, setup.package, setup.registry, setup.endpoint,

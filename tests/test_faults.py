@@ -20,6 +20,7 @@ from verify import converged, verify_history
 
 # Short botocore retries so a fault shows within seconds (production keeps 10).
 ENV = {"AWS_MAX_ATTEMPTS": "2"}
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture
