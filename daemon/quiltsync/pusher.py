@@ -37,45 +37,11 @@ from quiltsync.scanner import (
     rescan_paths,
     scan_folder,
 )
+from quiltsync.snapshots import Snapshots
 
 MAX_CONFLICT_RETRIES = 5
 S3_MAX_KEY_BYTES = 1024
 HOT_NS = 2_000_000_000  # modified this recently: maybe still being written
-
-
-class Snapshots:
-    """Still copies of files that are being written, taken in the state dir."""
-
-    def __init__(self, folder: FolderConfig, state_dir: Path) -> None:
-        import tempfile
-
-        base = state_dir / "snapshots"
-        base.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.dir = Path(tempfile.mkdtemp(prefix=folder.package.replace("/", "_") + "-", dir=base))
-        self._n = 0
-
-    def take(self, path: Path, attempts: int = 3) -> tuple[FileStat, Path] | None:
-        """(the file's stat, a copy) taken while its stat did not move, or None."""
-        import shutil
-
-        for _ in range(attempts):
-            self._n += 1
-            copy = self.dir / str(self._n)
-            try:
-                before = FileStat.of(os.stat(path))
-                shutil.copyfile(path, copy)
-                after = FileStat.of(os.stat(path))
-            except OSError:
-                return None
-            if before == after and copy.stat().st_size == before.size:
-                return before, copy
-            copy.unlink(missing_ok=True)
-        return None
-
-    def clear(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass(frozen=True, slots=True)
