@@ -262,3 +262,24 @@ def test_metrics_endpoint_reports_pushes_health_and_pending(fast: Setup) -> None
     assert f"quiltsync_pending_changes{{{pkg}}} 0.0" in body
     assert f"quiltsync_last_push_timestamp_seconds{{{pkg}}}" in body
     assert 'quiltsync_health{check="versioning"' in body and "quiltsync_push_duration_seconds_bucket" in body
+
+
+@pytest.mark.timeout(900)
+def test_a_20000_file_burst_into_1000_directories_converges(fast: Setup) -> None:
+    """The issue's overflow case at full size: every file ends up in the latest revision."""
+    d = DaemonProcess(fast.config_path)
+    try:
+        d.wait_for(lambda e: e.get("event") == "rescan.completed")
+        n = 20_000
+        for i in range(n):
+            sub = fast.folder / f"d{i % 1000:03d}"
+            if i < 1000:
+                sub.mkdir()
+            (sub / f"f{i:05d}.txt").write_text(str(i))
+        d.wait_for(lambda e: _completed(e) and e["files"] == n, timeout=800)
+        latest = fast.registry_api().revision(fast.package, fast.registry_api().latest(fast.package))
+        assert len(latest.entries) == n
+        print(f"20,000-file burst: {len(d.of('push.completed'))} pushes, "
+              f"{len(d.of('watch.overflow'))} overflows")
+    finally:
+        d.kill()

@@ -19,7 +19,8 @@ from faultproxy import FaultProxy
 from verify import converged, verify_history
 
 # Short botocore retries so a fault shows within seconds (production keeps 10).
-ENV = {"AWS_MAX_ATTEMPTS": "2"}
+CANARY = "CANARYfaultsNeverLogged0123456789abcdefgh"
+ENV = {"AWS_MAX_ATTEMPTS": "2", "AWS_SECRET_ACCESS_KEY": CANARY}
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -79,6 +80,7 @@ def _run_with_fault(setup: Setup, endpoint: str, apply, clear, expect_failures: 
             assert any("failing" in m for m in status_during), status_during[-3:]
         if wait_for_health:
             assert any(e.get("check") == "registry" for e in d.of("health.failed"))
+        assert not any(CANARY in line for line in d.raw), "the secret key reached a log line"
     finally:
         stop.set()
         if editor.is_alive():

@@ -108,3 +108,14 @@ def test_the_daemon_holds_a_mass_deletion_and_converges_when_files_return(setup:
         assert d.proc.poll() is None
     finally:
         d.kill()
+
+
+def test_state_files_are_private(setup: Setup) -> None:
+    """The index and its directory are readable by the service user only."""
+    import stat
+
+    (setup.folder / "a.txt").write_text("a")
+    setup.cli("push", check=True)
+    index = setup.state_dir / "index.sqlite3"
+    assert stat.S_IMODE(index.stat().st_mode) == 0o600
+    assert stat.S_IMODE(setup.state_dir.stat().st_mode) & 0o077 == 0
