@@ -80,6 +80,7 @@ class Daemon:
         self._health_running = False
         self.health: dict[tuple[str, str], Any] = {}  # (check, target) -> CheckResult
         self.metrics: Any = None
+        self._health_index: Index | None = None  # where health is recorded for `quiltsync status`
 
     # -- life cycle ---------------------------------------------------------------
     def run(self) -> int:
@@ -369,7 +370,7 @@ class Daemon:
 
                 self.metrics.health.labels(r.check, r.target).set(HEALTH_VALUE[r.status])
         try:
-            self.folders_index().write_health(
+            self._recorder().write_health(
                 [(r.check, r.target, r.status, r.detail) for r in self.health.values()], time.time())
         except Exception as e:  # noqa: BLE001 - status is best effort; never stop the daemon
             self.log.warning("health.record_failed", error=str(e))
@@ -391,8 +392,8 @@ class Daemon:
                 out.append(CheckResult("stuck", pkg, "ok", "changes flow"))
         return out
 
-    def folders_index(self) -> Index:
-        if not hasattr(self, "_health_index"):
+    def _recorder(self) -> Index:
+        if self._health_index is None:
             self._health_index = Index(self.config.daemon.state_dir / "index.sqlite3")
         return self._health_index
 
@@ -449,7 +450,7 @@ class Daemon:
             self.metrics.stop()
         for st in self.folders.values():
             st.pusher.index.close()
-        if hasattr(self, "_health_index"):
+        if self._health_index is not None:
             self._health_index.close()
         self.notifier.close()
 

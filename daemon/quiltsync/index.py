@@ -6,9 +6,9 @@ went into the manifest (hash, size, physical key with versionId, entry metadata)
 That is enough for a new process to rebuild the last revision in memory without
 browsing the registry, and to tell unchanged files by stat alone.
 
-Trust, but verify: before a push builds on the rows, ``Snapshot.verify``
-recomputes the revision's top_hash from them; a mismatch (a torn write, a manual
-edit, a bug) makes the caller rebuild from the registry. An unreadable database
+Trust, but verify: before a push builds on the rows, the pusher recomputes the
+revision's top_hash from them; a mismatch (a torn write, a manual edit, a bug)
+makes it rebuild from the registry. An unreadable database
 file is moved aside and started afresh. Each push is committed in one
 transaction, after the registry accepted it: the index is never ahead of the
 registry.
@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,10 +103,6 @@ class Snapshot:
 
     def base(self) -> dict[str, BaseEntry]:
         return {lk: r.entry for lk, r in self.rows.items()}
-
-    def verify(self, top_hash_of: Callable[[dict, Mapping[str, BaseEntry]], str]) -> bool:
-        """Whether the rows reproduce the recorded top_hash (done before building on them)."""
-        return top_hash_of(self.revision.meta, self.base()) == self.revision.top_hash
 
 
 class Index:
