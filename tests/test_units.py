@@ -176,3 +176,17 @@ def test_rescanning_named_paths_matches_a_full_scan(tmp_path: Path) -> None:
     (root / "d" / "x.txt" / "inner").write_text("i")
     changed = ["a.txt", "d/y.txt", "gone", "gone/1.txt", "new", "skip.log", "d/x.txt"]
     assert rescan_paths(root, rules, before, changed).files == scan_folder(root, rules).files
+
+
+def test_the_watches_check_tolerates_directories_being_added_but_not_a_lasting_gap(tmp_path: Path) -> None:
+    """A watch count that catches up is ok; one that stays below the directories is a failure."""
+    from quiltsync.config import FolderConfig
+    from quiltsync.health import check_watches
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    folder = FolderConfig(path=tmp_path, package="t/w", registry="s3://bucket-w")
+    counts = iter([1, 3])
+    caught_up = check_watches([folder], lambda: next(counts), settle_s=0)
+    stays_low = check_watches([folder], lambda: 1, settle_s=0)
+    assert [r.status for r in caught_up] == ["ok"]
+    assert [r.status for r in stays_low] == ["fail"] and "not watched" in stays_low[0].detail

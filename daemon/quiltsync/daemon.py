@@ -343,7 +343,7 @@ class Daemon:
 
         self._health_running = True
         config = self.config
-        fut = self.health_pool.submit(lambda: run_all(config, installed_watches=installed_watches()))
+        fut = self.health_pool.submit(lambda: run_all(config, installed_watches=installed_watches))
         fut.add_done_callback(lambda f: self.inbox.put(_Msg("health", value=f)))
 
     def _health_done(self, fut: Future, now: float) -> None:

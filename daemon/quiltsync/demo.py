@@ -139,8 +139,9 @@ class _DaemonLog:
                                 f"(+{event['added']} ~{event['modified']} -{event['deleted']}, "
                                 f"{event['files']} files, {event['duration_ms']} ms)")
             elif event.get("level") in ("warning", "error"):
-                self.say.result(f"daemon {event['level']}: {event.get('event')} "
-                                f"{event.get('error') or event.get('reason') or ''}")
+                what = event.get("error") or event.get("reason") or event.get("detail") or ""
+                check = f"[{event['check']}] " if event.get("check") else ""
+                self.say.result(f"daemon {event['level']}: {event.get('event')} {check}{what}")
             self.events.put(event)
 
     def wait(self, name: str, timeout: float = 60.0, **fields: Any) -> dict:

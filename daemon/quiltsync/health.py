@@ -10,7 +10,8 @@ with short timeouts and run off the daemon's push loop.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,8 @@ class CheckResult:
         return self.status == "ok"
 
 
-def run_all(config: Config, *, installed_watches: int | None = None) -> list[CheckResult]:
+def run_all(config: Config, *, installed_watches: Callable[[], int] | None = None) -> list[CheckResult]:
+    """Every check; ``installed_watches`` counts the daemon's inotify watches (None: not a daemon)."""
     out: list[CheckResult] = []
     reachable = set()
     for bucket, folders in _by_bucket(config.folder).items():
@@ -131,16 +133,26 @@ def check_cache(config: Config) -> CheckResult:
     return CheckResult("cache", str(root), "warn", f"{what} ({size}); `quiltsync doctor --fix` removes exactly these")
 
 
-def check_watches(folders: Iterable[FolderConfig], installed: int | None = None) -> list[CheckResult]:
+def check_watches(folders: Iterable[FolderConfig], count_installed: Callable[[], int] | None = None,
+                  settle_s: float = 2.0) -> list[CheckResult]:
+    folders = list(folders)
     out = []
     limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
-    needed = 0
+    readable = [f for f in folders if f.path.is_dir() and os.access(f.path, os.R_OK | os.X_OK)]
     for f in folders:
-        if not os.access(f.path, os.R_OK | os.X_OK) or not f.path.is_dir():
+        if f not in readable:
             out.append(CheckResult("watches", str(f.path), "fail",
                                    f"folder {f.path} is missing or unreadable by this user"))
-            continue
-        needed += sum(1 for _ in _dirs(f.path))
+    needed = sum(sum(1 for _ in _dirs(f.path)) for f in readable)
+    installed = count_installed() if count_installed is not None else None
+    if installed is not None and 0 <= installed < needed:
+        # Directories created a moment ago are still being added by the observer:
+        # only a gap that stays is a problem.
+        time.sleep(settle_s)
+        needed = sum(sum(1 for _ in _dirs(f.path)) for f in readable)
+        installed = count_installed()  # type: ignore[misc]
+    if installed is not None and installed < 0:
+        installed = None
     detail = f"{needed} directories to watch"
     if installed is not None:
         detail += f", {installed} watches installed"
