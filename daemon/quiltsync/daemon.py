@@ -24,7 +24,7 @@ from typing import Any
 from quiltsync import quilt_env
 from quiltsync.config import Config, FolderConfig, load_config
 from quiltsync.debounce import Batch, Debouncer
-from quiltsync.errors import ConfigError, PermanentError, PushRefused, QuiltsyncError
+from quiltsync.errors import ConfigError, PushRefused, QuiltsyncError
 from quiltsync.index import Index
 from quiltsync.logs import get_logger
 from quiltsync.notify import Notifier
@@ -261,20 +261,11 @@ class Daemon:
         batch, st.in_flight, st.batch = st.batch, None, None
         try:
             result = fut.result()
-        except PushRefused as e:
+        except QuiltsyncError as e:  # refused, permanent, transient, conflicts that kept moving
             st.problem = str(e)
             st.failures += 1
-            self._retry_later(st, now, str(e), log=False)
-            return
-        except PermanentError as e:
-            st.problem = str(e)
-            st.failures += 1
-            self._retry_later(st, now, str(e))
-            return
-        except QuiltsyncError as e:  # transient, conflicts that kept moving
-            st.problem = str(e)
-            st.failures += 1
-            self._retry_later(st, now, str(e))
+            # a refusal was logged as push.refused by the pusher, with its reason
+            self._retry_later(st, now, str(e), log=not isinstance(e, PushRefused))
             return
         except Exception as e:  # a bug: log it with its traceback, keep the daemon alive
             self.log.exception("push.failed", package=package, error=f"{type(e).__name__}: {e}")

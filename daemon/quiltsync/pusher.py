@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from quiltsync import hashing
 from quiltsync.config import FolderConfig
@@ -144,8 +143,7 @@ class FolderPusher:
                 self._adopt(base, plan, scan, recorded_ns)
                 self.log.info("push.skipped", reason="no changes", files=len(scan.files),
                               hashed=plan.hashed, duration_ms=int((time.monotonic() - started) * 1000))
-                return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
-                                  _top(base.revision), files=len(scan.files))
+                return self._no_push(base, scan)
             if not base.verified:
                 if base.revision is not None and \
                         top_hash_of(base.revision.meta, base.revision.entries) != base.revision.top_hash:
@@ -285,8 +283,7 @@ class FolderPusher:
                  uploads: dict[str, tuple[Path, int]], direct: dict[str, Path],
                  set_stats: dict[str, FileStat], vanished: list[str], set_ns: int) -> PushResult:
         if not uploads and not plan.deleted:  # all deferred, vanished or unreadable
-            return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
-                              _top(base.revision), files=len(scan.files), changed_during_push=vanished)
+            return self._no_push(base, scan, vanished)
         self._wait_for_next_second()
         self.log.info("push.started", uploads=len(uploads), deletes=len(plan.deleted),
                       parent_top_hash=_top(base.revision))
@@ -306,9 +303,7 @@ class FolderPusher:
             self.log.warning("push.aborted", keys=e.keys[:20], count=len(e.keys),
                              detail="files changed while being uploaded; nothing was published; "
                                     "they are pushed from a still copy next round")
-            return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
-                              _top(base.revision), files=len(scan.files),
-                              changed_during_push=sorted([*e.keys, *vanished]))
+            return self._no_push(base, scan, sorted([*e.keys, *vanished]))
         self._hot.difference_update(uploads)
         pushed_at = self.clock()
         changed = [lk for lk, st in set_stats.items() if _stat_or_none(self.folder.path / lk) != st]
@@ -340,6 +335,11 @@ class FolderPusher:
             self.log.info("push.changed_during_push", paths=result.changed_during_push[:20],
                           count=len(result.changed_during_push))
         return result
+
+    def _no_push(self, base: _Base, scan: Scan, changed: list[str] | None = None) -> PushResult:
+        """A pass that published nothing: latest stays the base revision."""
+        return PushResult(self.folder.package, self.folder.registry, _top(base.revision),
+                          _top(base.revision), files=len(scan.files), changed_during_push=changed or [])
 
     def _rows_after(self, new: RemoteRevision, base: _Base, plan: Plan, scan: Scan,
                     set_stats: dict[str, FileStat], set_ns: int, recorded_ns: int) -> dict[str, Row]:
@@ -395,12 +395,6 @@ def _stat_or_none(path: Path) -> FileStat | None:
         return FileStat.of(os.stat(path))
     except OSError:
         return None
-
-
-def result_fields(r: PushResult) -> dict[str, Any]:
-    return {"package": r.package, "top_hash": r.top_hash, "parent_top_hash": r.parent_top_hash,
-            "added": r.added, "modified": r.modified, "deleted": r.deleted, "files": r.files,
-            "bytes_uploaded": r.bytes_uploaded, "duration_ms": r.duration_ms}
 
 
 def push_with_retries(
