@@ -2,7 +2,9 @@
 
 Faults (set at any time, cleared with ``clear()``):
 - ``latency``: seconds added before each chunk is forwarded, both ways;
-- ``reset_share``: this share of new connections is reset (RST) after the request starts;
+- ``reset_share``: this share of connections, new or kept alive, is reset (RST) at
+  their next request chunk; deterministic (the 1st, then about every 1/share-th),
+  so a fault window with any traffic at all sees resets;
 - ``blackhole``: nothing moves; connections hang (as in a partition) and resume when cleared;
 - ``refuse``: new connections are closed at once with RST;
 - ``cut_after``: responses are cut after this many bytes, then the connection is reset.
@@ -11,16 +13,14 @@ Faults (set at any time, cleared with ``clear()``):
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 import struct
 import threading
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, seed: int = 0) -> None:
+    def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self.rng = random.Random(seed)
         self.latency = 0.0
         self.reset_share = 0.0
         self.blackhole = False
@@ -28,6 +28,8 @@ class FaultProxy:
         self.cut_after: int | None = None
         self.connections = 0
         self.faults = 0
+        self._gen = 0  # bumped whenever faults are set: every connection decides afresh
+        self._decided = 0  # reset decisions taken since reset_share was last set
         self._loop = asyncio.new_event_loop()
         self._flowing: asyncio.Event | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -64,7 +66,16 @@ class FaultProxy:
             if not hasattr(self, k):
                 raise AttributeError(k)
             setattr(self, k, v)
+        self._gen += 1
+        self._decided = 0
         self._loop.call_soon_threadsafe(self._sync_flow)
+
+    def _take_reset(self) -> bool:
+        """Exactly ``reset_share`` of decisions say reset, starting with the first."""
+        share = self.reset_share
+        self._decided += 1
+        c = self._decided
+        return share > 0 and int(c * share + (1 - share)) > int((c - 1) * share + (1 - share))
 
     def clear(self) -> None:
         self.set(latency=0.0, reset_share=0.0, blackhole=False, refuse=False, cut_after=None)
@@ -89,7 +100,7 @@ class FaultProxy:
             self.faults += 1
             self._reset(writer)
             return
-        reset = self.rng.random() < self.reset_share
+        decided_gen = [-1]
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
@@ -107,7 +118,12 @@ class FaultProxy:
                     await self._flowing.wait()  # type: ignore[union-attr]
                     if self.latency:
                         await asyncio.sleep(self.latency)
-                    if reset and not downstream:
+                    if not downstream and self.reset_share > 0 and decided_gen[0] != self._gen:
+                        decided_gen[0] = self._gen
+                        reset = self._take_reset()
+                    else:
+                        reset = False
+                    if reset:
                         self.faults += 1
                         self._reset(writer)
                         self._reset(up_writer)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import Setup, write_config
+from quiltsync.daemon import BACKOFF_CAP_SECONDS
 from daemonproc import DaemonProcess, NotifySocket
 from faultproxy import FaultProxy
 from verify import converged, verify_history
@@ -69,7 +70,8 @@ def _run_with_fault(setup: Setup, endpoint: str, apply, clear, expect_failures: 
         time.sleep(1.5)
         stop.set()
         editor.join()
-        top = converged(setup, timeout=180)
+        # a folder may sit in its (capped) backoff when the fault clears
+        top = converged(setup, timeout=BACKOFF_CAP_SECONDS + 60)
         assert d.proc.poll() is None, "the daemon exited"
         history = verify_history(setup, {})
         assert history[-1] == top
