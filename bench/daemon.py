@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from benchenv import ROOT, TMP  # noqa: E402,F401  (sets the environment first)
-from quiltsync.s3local import LocalS3  # noqa: E402
+from quiltsync.remote.s3local import LocalS3  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 from benchenv import ROOT, TMP as _TMP  # noqa: E402,F401  (sets the environment first)
-from quiltsync import logs, quilt_env  # noqa: E402
-from quiltsync.s3local import LocalS3  # noqa: E402
+from quiltsync import logs  # noqa: E402
+from quiltsync.remote import settings as quilt_env  # noqa: E402
+from quiltsync.remote.s3local import LocalS3  # noqa: E402
 
 
 def make_folder(path: Path, n: int) -> None:
@@ -49,8 +50,8 @@ def run(s3: LocalS3, n: int, rounds: int) -> int:
     import quilt3
 
     from quiltsync.config import FolderConfig
-    from quiltsync.index import Index
-    from quiltsync.pusher import FolderPusher
+    from quiltsync.local.index import Index
+    from quiltsync.engine.pusher import FolderPusher
 
     quilt_env.silence_quilt3_prints()
     folder = _TMP / "folder"

@@ -33,7 +33,7 @@ for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
 os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"
 os.environ["AWS_MAX_ATTEMPTS"] = "3"
 
-from quiltsync.s3local import LocalS3  # noqa: E402
+from quiltsync.remote.s3local import LocalS3  # noqa: E402
 
 _bucket_numbers = itertools.count(1)
 
@@ -74,14 +74,14 @@ class Setup:
         return load_config(self.config_path)
 
     def pusher(self):  # a fresh FolderPusher, as a new process would build it
-        from quiltsync.index import Index
-        from quiltsync.pusher import FolderPusher
+        from quiltsync.local.index import Index
+        from quiltsync.engine.pusher import FolderPusher
 
         cfg = self.config()
         return FolderPusher(cfg.folder[0], Index(cfg.daemon.state_dir / "index.sqlite3"))
 
     def registry_api(self):
-        from quiltsync.registry import Registry
+        from quiltsync.remote.registry import Registry
 
         return Registry(self.registry)
 
@@ -112,7 +112,7 @@ def setup(tmp_path: Path, bucket: str, local_s3: LocalS3) -> Setup:
     s = Setup(tmp_path, folder, tmp_path / "config.toml", tmp_path / "state", "team/data",
               f"s3://{bucket}", local_s3.endpoint_url)
     write_config(s.config_path, folder, s.package, s.registry, s.endpoint, s.state_dir)
-    from quiltsync import quilt_env
+    from quiltsync.remote import settings as quilt_env
 
     quilt_env.configure_s3(local_s3.endpoint_url, "us-east-1")
     return s

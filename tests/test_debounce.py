@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quiltsync.debounce import Debouncer
+from quiltsync.core.debounce import Debouncer
 
 
 def _deb(settle: float = 2.0, max_delay: float = 10.0, max_paths: int = 100) -> Debouncer:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import Setup, write_config
-from quiltsync.daemon import BACKOFF_CAP_SECONDS
+from quiltsync.service.daemon import BACKOFF_CAP_SECONDS
 from daemonproc import DaemonProcess, NotifySocket
 from faultproxy import FaultProxy
 from verify import converged, verify_history

@@ -104,7 +104,7 @@ def test_generated_command_lines_exit_2_or_78_with_a_message(argv: list[str]) ->
     import contextlib
     import io
 
-    from quiltsync.cli import main
+    from quiltsync.cli.main import main
 
     os.environ["QUILTSYNC_CONFIG"] = str(Path("/nonexistent-quiltsync-fuzz/config.toml"))
     err = io.StringIO()

@@ -127,7 +127,7 @@ def test_a_restore_right_after_another_comes_from_the_local_cache(setup: Setup) 
 
 
 def _cache_root() -> Path:
-    from quiltsync.registry import quilt_paths
+    from quiltsync.remote.registry import quilt_paths
 
     return quilt_paths()[0]
 
@@ -136,7 +136,7 @@ def test_doctor_removes_exactly_the_stale_and_corrupt_cache_entries(setup: Setup
     """Truncated and unpinned cached manifests and a stale object-path entry go; good entries stay."""
     import quilt3
 
-    from quiltsync.quiltcache import manifest_cache_name
+    from quiltsync.remote.quiltcache import manifest_cache_name
 
     # a good cached manifest and good object-path entries, made by quilt3 for real
     (setup.folder / "a.txt").write_text("a" * 2000)

@@ -67,7 +67,7 @@ def test_deletion_and_added_subfolder_make_one_revision(setup: Setup) -> None:
 
 def test_a_20_mib_file_is_pushed_multipart_and_restores_byte_for_byte(setup: Setup, tmp_path) -> None:
     """Files of 8 MiB and more go multipart; the revision restores with the same bytes."""
-    from quiltsync.restore import restore
+    from quiltsync.engine.restore import restore
 
     big = os.urandom(20 * 1024 * 1024)
     (setup.folder / "model.bin").write_bytes(big)
@@ -102,7 +102,7 @@ def test_touch_without_a_content_change_makes_no_push(setup: Setup) -> None:
 
 def test_an_old_top_hash_restores_its_old_bytes(setup: Setup, tmp_path) -> None:
     """Restoring revision 1 after an edit gives revision 1's bytes, verified."""
-    from quiltsync.restore import restore
+    from quiltsync.engine.restore import restore
 
     (setup.folder / "a.txt").write_text("version one")
     pusher = setup.pusher()
@@ -200,7 +200,7 @@ def test_a_missing_index_is_rebuilt_from_the_registry_and_the_folder(setup: Setu
 ])
 def test_odd_names_round_trip(setup: Setup, tmp_path, name: str) -> None:
     """Spaces, unicode, URL-special characters and deep paths restore to the same name and bytes."""
-    from quiltsync.restore import restore
+    from quiltsync.engine.restore import restore
 
     path = setup.folder / name
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,9 @@ def _publish(setup: Setup, local_s3, package: str, keys: list[str]) -> str:
     import base64
     import hashlib
 
-    from quiltsync.hashing import HashValue
-    from quiltsync.planner import BaseEntry
-    from quiltsync.registry import top_hash_of
+    from quiltsync.local.hashing import HashValue
+    from quiltsync.core.planner import BaseEntry
+    from quiltsync.remote.registry import top_hash_of
 
     bucket = setup.registry[5:]
     c = local_s3.client()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from quiltsync.hashing import HashValue, chunked_sha256
-from quiltsync.planner import RACY_NS, BaseEntry, IndexEntry, plan_push
-from quiltsync.restore import unsafe_key
-from quiltsync.scanner import FileStat, make_ignore_spec, scan_folder
+from quiltsync.local.hashing import HashValue, chunked_sha256
+from quiltsync.core.planner import RACY_NS, BaseEntry, IndexEntry, plan_push
+from quiltsync.engine.restore import unsafe_key
+from quiltsync.local.scanner import FileStat, make_ignore_spec, scan_folder
 
 MiB = 1024 * 1024
 
@@ -110,7 +110,7 @@ def test_our_top_hash_equals_quilt3s_for_nested_unicode_keys_and_metadata() -> N
     from quilt3.packages import PackageEntry
     from quilt3.util import PhysicalKey
 
-    from quiltsync.registry import top_hash_of
+    from quiltsync.remote.registry import top_hash_of
 
     keys = ["a-c", "a/b", "a/b0/c", "a.b", "Z", "é/ü.txt", "名前", "a/b-", "a b/c", "a_/x"]
     entries = {k: BaseEntry(HashValue("sha2-256-chunked", f"h{i}"), i, f"s3://b/{k}?versionId=v{i}",
@@ -128,7 +128,7 @@ def test_ignore_rules_agree_with_gitignore_semantics_of_pathspec(extra: list[str
     """The one-regex fast path decides exactly as pathspec's GitIgnoreSpec does."""
     import pathspec
 
-    from quiltsync.scanner import DEFAULT_IGNORES
+    from quiltsync.local.scanner import DEFAULT_IGNORES
 
     rules = make_ignore_spec(extra)
     spec = pathspec.GitIgnoreSpec.from_lines([*DEFAULT_IGNORES, *extra])
@@ -147,7 +147,7 @@ def test_ignore_rules_agree_with_gitignore_semantics_of_pathspec(extra: list[str
 
 def test_racy_window_is_wide_only_for_whole_second_timestamps() -> None:
     """Whole-second mtimes (FAT, ext3) get a 2 s window; nanosecond mtimes a 100 ms one."""
-    from quiltsync.planner import is_racy
+    from quiltsync.core.planner import is_racy
 
     coarse, fine = 1_700_000_000_000_000_000, 1_700_000_000_123_456_789
     assert is_racy(coarse, coarse + 1_500_000_000) and not is_racy(coarse, coarse + 2_500_000_000)
@@ -156,7 +156,7 @@ def test_racy_window_is_wide_only_for_whole_second_timestamps() -> None:
 
 def test_rescanning_named_paths_matches_a_full_scan(tmp_path: Path) -> None:
     """Updating a scan for the changed paths alone gives what a full scan gives."""
-    from quiltsync.scanner import rescan_paths
+    from quiltsync.local.scanner import rescan_paths
 
     root = tmp_path / "r"
     for rel in ["a.txt", "d/x.txt", "d/y.txt", "gone/1.txt", "gone/sub/2.txt", "keep/k.txt"]:
@@ -181,7 +181,7 @@ def test_rescanning_named_paths_matches_a_full_scan(tmp_path: Path) -> None:
 def test_the_watches_check_tolerates_directories_being_added_but_not_a_lasting_gap(tmp_path: Path) -> None:
     """A watch count that catches up is ok; one that stays below the directories is a failure."""
     from quiltsync.config import FolderConfig
-    from quiltsync.health import check_watches
+    from quiltsync.service.health import check_watches
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     folder = FolderConfig(path=tmp_path, package="t/w", registry="s3://bucket-w")

@@ -104,7 +104,7 @@ def systemd(tmp_path: Path) -> Iterator[Systemd]:
 
 def test_the_unit_starts_pushes_reloads_survives_a_watchdog_kill_and_stops(systemd: Systemd, local_s3, bucket) -> None:
     """READY, a pushed revision, reload, watchdog kill + restart, clean stop: all for real."""
-    from quiltsync.registry import Registry
+    from quiltsync.remote.registry import Registry
 
     base = Path("/srv") / f"quiltsync-systemd-test-{uuid.uuid4().hex[:8]}"  # not /tmp: PrivateTmp
     folder = base / "data"

@@ -1,3 +1,3 @@
-from quiltsync.cli import main
+from quiltsync.cli.main import main
 
 raise SystemExit(main())

@@ -80,15 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, out: object) -> int:
-    from quiltsync import commands
+    from quiltsync.cli import commands
 
     if args.command == "demo":
-        from quiltsync.demo import run_demo
+        from quiltsync.cli.demo import run_demo
 
         return run_demo(args.workdir, out)
     ctx = commands.Context.load(getattr(args, "config", None), out)
     if args.command == "run":
-        from quiltsync.daemon import run_daemon
+        from quiltsync.service.daemon import run_daemon
 
         return run_daemon(ctx.config_path, ctx.config)
     if args.command == "push":

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from quiltsync import logs, quilt_env
+from quiltsync import logs
+from quiltsync.remote import settings as quilt_env
 from quiltsync.config import Config, check_folders_exist, find_config_path, load_config
 from quiltsync.errors import QuiltsyncError
-from quiltsync.index import Index
+from quiltsync.local.index import Index
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Context:
 
 
 def push(ctx: Context, only: str | None, *, allow_deletes: bool = False) -> int:
-    from quiltsync.pusher import FolderPusher, push_with_retries
+    from quiltsync.engine.pusher import FolderPusher, push_with_retries
 
     folders = [ctx.config.folder_by_package(only)] if only else list(ctx.config.folder)
     check_folders_exist(ctx.config, str(ctx.config_path))
@@ -60,8 +61,8 @@ def push(ctx: Context, only: str | None, *, allow_deletes: bool = False) -> int:
 
 
 def status(ctx: Context, *, as_json: bool) -> int:
-    from quiltsync.planner import pending_changes
-    from quiltsync.scanner import RootUnavailable, make_ignore_spec, scan_folder
+    from quiltsync.core.planner import pending_changes
+    from quiltsync.local.scanner import RootUnavailable, make_ignore_spec, scan_folder
 
     index = ctx.index()
     rows = []
@@ -106,7 +107,7 @@ def status(ctx: Context, *, as_json: bool) -> int:
 
 
 def history(ctx: Context, package: str, *, as_json: bool) -> int:
-    from quiltsync.registry import Registry
+    from quiltsync.remote.registry import Registry
 
     folder = ctx.config.folder_by_package(package)
     reg = Registry(folder.registry)
@@ -129,12 +130,12 @@ def history(ctx: Context, package: str, *, as_json: bool) -> int:
 
 
 def restore(ctx: Context, package: str, top_hash: str, dest: Path, *, force: bool = False) -> int:
-    from quiltsync.registry import Registry
-    from quiltsync.restore import restore as do_restore
+    from quiltsync.remote.registry import Registry
+    from quiltsync.engine.restore import restore as do_restore
 
     folder = ctx.config.folder_by_package(package)
     report = do_restore(Registry(folder.registry), package, top_hash, dest, force=force)
-    logs.get_logger("quiltsync.restore").info(
+    logs.get_logger("quiltsync.engine.restore").info(
         "restore.completed", package=package, top_hash=report.top_hash, dest=str(report.dest),
         files=report.files, bytes=report.bytes, from_cache=len(report.from_cache),
         from_s3=report.files - len(report.from_cache))
@@ -147,7 +148,7 @@ def restore(ctx: Context, package: str, top_hash: str, dest: Path, *, force: boo
 
 
 def check(ctx: Context) -> int:
-    from quiltsync.health import run_all
+    from quiltsync.service.health import run_all
 
     ctx.emit(f"ok    config           {ctx.config_path}: {len(ctx.config.folder)} folder(s)")
     results = run_all(ctx.config)
@@ -160,8 +161,8 @@ def check(ctx: Context) -> int:
 
 
 def doctor(ctx: Context, *, fix: bool) -> int:
-    from quiltsync import quiltcache
-    from quiltsync.registry import parse_manifest, quilt_paths
+    from quiltsync.remote import quiltcache
+    from quiltsync.remote.registry import parse_manifest, quilt_paths
 
     root = quilt_paths()[0]
     report = quiltcache.inspect(root, {f.bucket for f in ctx.config.folder}, parse_manifest)

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quiltsync import quilt_env
+from quiltsync.remote import settings as quilt_env
 from quiltsync.config import Config, FolderConfig, load_config
-from quiltsync.debounce import Batch, Debouncer
+from quiltsync.core.debounce import Batch, Debouncer
 from quiltsync.errors import ConfigError, PushRefused, QuiltsyncError
-from quiltsync.index import Index
+from quiltsync.local.index import Index
 from quiltsync.logs import get_logger
-from quiltsync.notify import Notifier
-from quiltsync.scanner import make_ignore_spec
+from quiltsync.service.notify import Notifier
+from quiltsync.local.scanner import make_ignore_spec
 
 DRAIN_SECONDS = 60.0  # SIGTERM: finish and push pending changes for at most this long
 ROOT_CHECK_SECONDS = 5.0  # how often roots are checked for vanishing or coming back
@@ -65,7 +65,7 @@ class Daemon:
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
-        self.log = get_logger("quiltsync.daemon")
+        self.log = get_logger("quiltsync.service.daemon")
         self.inbox: queue.SimpleQueue[_Msg] = queue.SimpleQueue()
         self.debouncer = Debouncer()
         self.folders: dict[str, _FolderState] = {}
@@ -84,7 +84,7 @@ class Daemon:
 
     # -- life cycle ---------------------------------------------------------------
     def run(self) -> int:
-        from quiltsync.watcher import Watcher
+        from quiltsync.local.watcher import Watcher
 
         quilt_env.configure_s3(self.config.s3.endpoint_url, self.config.s3.region)
         self._install_signals()
@@ -183,7 +183,7 @@ class Daemon:
 
     # -- folders ------------------------------------------------------------------
     def _add_folder(self, f: FolderConfig) -> None:
-        from quiltsync.pusher import FolderPusher
+        from quiltsync.engine.pusher import FolderPusher
 
         index = Index(self.config.daemon.state_dir / "index.sqlite3")  # one connection per folder
         self.folders[f.package] = _FolderState(f, FolderPusher(f, index))
@@ -203,7 +203,7 @@ class Daemon:
             st.pusher.index.close()
 
     def _try_watch(self, st: _FolderState) -> None:
-        from quiltsync.watcher import installed_watches
+        from quiltsync.local.watcher import installed_watches
 
         before = installed_watches()
         try:
@@ -303,7 +303,7 @@ class Daemon:
         address = self.config.daemon.metrics_address
         if not address:
             return
-        from quiltsync.metrics import Metrics
+        from quiltsync.service.metrics import Metrics
 
         metrics = Metrics()
         try:
@@ -329,8 +329,8 @@ class Daemon:
         """Network checks run on their own thread with short timeouts: never in the loop."""
         if self._health_running:
             return
-        from quiltsync.health import run_all
-        from quiltsync.watcher import installed_watches
+        from quiltsync.service.health import run_all
+        from quiltsync.local.watcher import installed_watches
 
         self._health_running = True
         config = self.config
@@ -338,7 +338,7 @@ class Daemon:
         fut.add_done_callback(lambda f: self.inbox.put(_Msg("health", value=f)))
 
     def _health_done(self, fut: Future, now: float) -> None:
-        from quiltsync.health import CheckResult
+        from quiltsync.service.health import CheckResult
 
         self._health_running = False
         try:
@@ -357,7 +357,7 @@ class Daemon:
                 log("health.failed", check=r.check, target=r.target, detail=r.detail, severity=r.status)
             self.health[key] = r
             if self.metrics is not None:
-                from quiltsync.metrics import HEALTH_VALUE
+                from quiltsync.service.metrics import HEALTH_VALUE
 
                 self.metrics.health.labels(r.check, r.target).set(HEALTH_VALUE[r.status])
         try:
@@ -368,7 +368,7 @@ class Daemon:
         self.notifier.status(self._status_line())
 
     def _stuck_checks(self, now: float) -> list[Any]:
-        from quiltsync.health import CheckResult
+        from quiltsync.service.health import CheckResult
 
         out = []
         for pkg, st in self.folders.items():

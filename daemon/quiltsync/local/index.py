@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from quiltsync.hashing import HashValue
-from quiltsync.planner import BaseEntry, is_racy
-from quiltsync.scanner import FileStat
+from quiltsync.local.hashing import HashValue
+from quiltsync.core.planner import BaseEntry, is_racy
+from quiltsync.local.scanner import FileStat
 
 SCHEMA_VERSION = 1
 

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from quiltsync.config import FolderConfig
-from quiltsync.scanner import FileStat
+from quiltsync.local.scanner import FileStat
 
 
 class Snapshots:

@@ -21,14 +21,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quiltsync import hashing
+from quiltsync.local import hashing
 from quiltsync.config import FolderConfig
 from quiltsync.errors import PermanentError, PushConflict, PushRefused, SourceChanged, TransientError
-from quiltsync.index import Index, Revision, Row
+from quiltsync.local.index import Index, Revision, Row
 from quiltsync.logs import get_logger
-from quiltsync.planner import Plan, plan_push
-from quiltsync.registry import Registry, RemoteRevision, bucket_versioning, top_hash_of, unpinned_keys
-from quiltsync.scanner import (
+from quiltsync.core.planner import Plan, plan_push
+from quiltsync.remote.registry import Registry, RemoteRevision, bucket_versioning, top_hash_of, unpinned_keys
+from quiltsync.local.scanner import (
     FileStat,
     RootUnavailable,
     Scan,
@@ -36,7 +36,7 @@ from quiltsync.scanner import (
     rescan_paths,
     scan_folder,
 )
-from quiltsync.snapshots import Snapshots
+from quiltsync.local.stillcopy import Snapshots
 
 MAX_CONFLICT_RETRIES = 5
 S3_MAX_KEY_BYTES = 1024

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quiltsync import quilt_env
+from quiltsync.remote import settings as quilt_env
 from quiltsync.errors import (
     PermanentError,
     PushConflict,
@@ -33,8 +33,8 @@ from quiltsync.errors import (
     SourceChanged,
     TransientError,
 )
-from quiltsync.hashing import HashValue
-from quiltsync.planner import BaseEntry
+from quiltsync.local.hashing import HashValue
+from quiltsync.core.planner import BaseEntry
 
 quilt_env.prepare()
 

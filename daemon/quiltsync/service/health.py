@@ -56,7 +56,7 @@ def _by_bucket(folders: Iterable[FolderConfig]) -> dict[str, list[FolderConfig]]
 
 
 def check_registry(bucket: str) -> CheckResult:
-    from quiltsync.registry import registry_problem
+    from quiltsync.remote.registry import registry_problem
 
     problem = registry_problem(bucket)
     if problem is None:
@@ -66,7 +66,7 @@ def check_registry(bucket: str) -> CheckResult:
 
 
 def check_versioning(bucket: str, folders: list[FolderConfig]) -> CheckResult:
-    from quiltsync.registry import bucket_versioning
+    from quiltsync.remote.registry import bucket_versioning
 
     target = f"s3://{bucket}"
     try:
@@ -87,7 +87,7 @@ def check_versioning(bucket: str, folders: list[FolderConfig]) -> CheckResult:
 
 
 def check_manifest_pinned(folder: FolderConfig) -> CheckResult:
-    from quiltsync.registry import Registry, unpinned_keys
+    from quiltsync.remote.registry import Registry, unpinned_keys
 
     target = folder.package
     try:
@@ -107,7 +107,7 @@ def check_manifest_pinned(folder: FolderConfig) -> CheckResult:
 
 
 def check_credentials() -> CheckResult:
-    from quiltsync.registry import quilt_credentials_file
+    from quiltsync.remote.registry import quilt_credentials_file
 
     path = quilt_credentials_file()
     if path is None:
@@ -118,8 +118,8 @@ def check_credentials() -> CheckResult:
 
 
 def check_cache(config: Config) -> CheckResult:
-    from quiltsync import quiltcache
-    from quiltsync.registry import parse_manifest, quilt_paths
+    from quiltsync.remote import quiltcache
+    from quiltsync.remote.registry import parse_manifest, quilt_paths
 
     root = quilt_paths()[0]
     report = quiltcache.inspect(root, {f.bucket for f in config.folder}, parse_manifest)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from quiltsync.scanner import IgnoreRules
+from quiltsync.local.scanner import IgnoreRules
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,

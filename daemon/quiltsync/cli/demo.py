@@ -40,7 +40,7 @@ def run_demo(workdir: Path | None, out: Any) -> int:
     os.environ.pop("AWS_SESSION_TOKEN", None)
 
     from quiltsync import logs
-    from quiltsync.s3local import LocalS3
+    from quiltsync.remote.s3local import LocalS3
 
     logs.configure("warning", "console")
     say = _Printer(out)
@@ -51,9 +51,9 @@ def run_demo(workdir: Path | None, out: Any) -> int:
 
 
 def _walkthrough(base: Path, s3: Any, say: _Printer) -> int:
-    from quiltsync import quilt_env
-    from quiltsync.registry import Registry
-    from quiltsync.restore import restore
+    from quiltsync.remote import settings as quilt_env
+    from quiltsync.remote.registry import Registry
+    from quiltsync.engine.restore import restore
 
     quilt_env.configure_s3(s3.endpoint_url, "us-east-1")
     folder = base / "experiments"

@@ -18,9 +18,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from quiltsync import hashing
+from quiltsync.local import hashing
 from quiltsync.errors import RestoreError
-from quiltsync.registry import Registry, RemoteRevision, unpinned_keys
+from quiltsync.remote.registry import Registry, RemoteRevision, unpinned_keys
 
 
 @dataclass(slots=True)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from quiltsync.hashing import HashValue
-from quiltsync.scanner import FileStat
+from quiltsync.local.hashing import HashValue
+from quiltsync.local.scanner import FileStat
 
 # The racy window: a stat is trusted only for files whose mtime is older than the
 # moment it was recorded by more than the filesystem's timestamp granularity.

@@ -1,0 +1,1 @@
+"""The daemon shell: loop, pool, watcher, notify, signals, metrics, health checks."""
