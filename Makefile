@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-systemd soak bench venv clean
+.PHONY: demo test test-fast lint test-systemd soak bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,21 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/quiltsync demo
 
-test: $(STAMP)
+# The whole suite: lint and types first (they fail fast), then every test.
+test: lint
 	$(BIN)/python -m pytest -q tests
+
+FAST_TESTS := tests/test_schedule.py tests/test_daemon_core.py tests/test_state.py tests/test_layers.py \
+	tests/test_units.py tests/test_config.py tests/test_fuzz.py
+
+# The inner loop: lint, types, and the pure and in-process tests (no S3 server, no
+# daemon process); under a minute.
+test-fast: lint
+	$(BIN)/python -m pytest -q $(FAST_TESTS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check daemon tests bench tests_systemd
+	$(BIN)/mypy
 
 # Root only: boots systemd as PID 1 of new namespaces and runs the real unit.
 test-systemd: $(STAMP)

@@ -16,6 +16,6 @@ for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
     os.environ.pop(var, None)
 sys.path.insert(0, str(ROOT / "daemon"))
 
-from quiltsync.remote import settings as quilt_env  # noqa: E402
+from quiltsync.remote import settings as s3settings  # noqa: E402
 
-quilt_env.prepare()  # before quilt3 is imported: no metrics, no progress bars
+s3settings.prepare_environment()  # before quilt3 is imported: no metrics, no progress bars

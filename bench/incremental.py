@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchenv import ROOT, TMP as _TMP  # noqa: E402,F401  (sets the environment first)
 from quiltsync import logs  # noqa: E402
-from quiltsync.remote import settings as quilt_env  # noqa: E402
+from quiltsync.remote import settings as s3settings  # noqa: E402
 from quiltsync.remote.s3local import LocalS3  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main() -> int:
     args = ap.parse_args()
     logs.configure("warning", "console")
     with LocalS3() as s3:
-        quilt_env.configure_s3(s3.endpoint_url, "us-east-1")
+        s3settings.activate(s3settings.S3Settings(s3.endpoint_url, "us-east-1"))
         s3.create_bucket("bench", versioning=True)
         return run(s3, args.files, args.rounds)
 
@@ -53,7 +53,7 @@ def run(s3: LocalS3, n: int, rounds: int) -> int:
     from quiltsync.local.index import Index
     from quiltsync.engine.pusher import FolderPusher
 
-    quilt_env.silence_quilt3_prints()
+    s3settings.import_quilt3()
     folder = _TMP / "folder"
     make_folder(folder, n)
     print(f"folder: {n} files of 1.5 KiB in {len(list(folder.iterdir()))} dirs; local S3 {s3.endpoint_url}")

@@ -112,9 +112,9 @@ def setup(tmp_path: Path, bucket: str, local_s3: LocalS3) -> Setup:
     s = Setup(tmp_path, folder, tmp_path / "config.toml", tmp_path / "state", "team/data",
               f"s3://{bucket}", local_s3.endpoint_url)
     write_config(s.config_path, folder, s.package, s.registry, s.endpoint, s.state_dir)
-    from quiltsync.remote import settings as quilt_env
+    from quiltsync.remote import settings as s3settings
 
-    quilt_env.configure_s3(local_s3.endpoint_url, "us-east-1")
+    s3settings.activate(s3settings.S3Settings(local_s3.endpoint_url, "us-east-1"))
     return s
 
 

@@ -157,3 +157,103 @@ def test_lines_carry_their_syslog_priority_when_stderr_is_the_journal(setup: Set
     prios = {line[: line.index(">") + 1] for line in lines}
     assert "<3>" in prios  # push.failed is an error
     assert all(json.loads(line[line.index(">") + 1:])["event"] for line in lines)
+
+
+def _offline_config(root, n_folders: int, log_format: str = "json", extra: str = ""):
+    """A config of ``n_folders`` existing folders (commands that never reach S3)."""
+    import textwrap
+
+    text = textwrap.dedent(f"""\
+        [daemon]
+        state_dir = {json.dumps(str(root / "state"))}
+        log_format = "{log_format}"
+        """) + extra
+    for i in range(n_folders):
+        (root / f"d{i:02d}").mkdir()
+        text += (f"[[folder]]\npath = {json.dumps(str(root / f'd{i:02d}'))}\n"
+                 f'package = "team/d{i:02d}"\nregistry = "s3://qs-offline-bucket"\n')
+    path = root / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_status_into_a_reader_that_leaves_after_one_line_ends_quietly(tmp_path) -> None:
+    """`quiltsync status | head -1`: the reader leaving early is no error: exit 0, no traceback."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    config = _offline_config(tmp_path, 30)
+    full = run_cli("--config", str(config), "status", check=True).stdout
+    r, w = os.pipe()
+    # The smallest pipe (one page): the output cannot all be written before the reader leaves.
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    assert len(full.encode()) > 4096 + len(full.splitlines()[0]) + 1
+    proc = subprocess.Popen([sys.executable, "-m", "quiltsync", "--config", str(config), "status"],
+                            stdout=w, stderr=subprocess.PIPE, text=True)
+    os.close(w)
+    with os.fdopen(r, "rb", buffering=0) as reader:  # like `head -1`: one line, then close
+        first = b""
+        while not first.endswith(b"\n"):
+            byte = reader.read(1)
+            if not byte:
+                break
+            first += byte
+    _out, stderr = proc.communicate(timeout=120)
+    assert first.decode() == full.splitlines(keepends=True)[0]
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr and "Exception ignored" not in stderr
+
+
+def _error_lines(stderr: str) -> list[dict]:
+    """Every non-empty stderr line as JSON (fails if one is not)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines, "expected an error on stderr"
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"a stderr line is not JSON: {line!r}") from None
+    return out
+
+
+def _assert_command_failed(event: dict, exit_code: int, says: str) -> None:
+    import datetime as dt
+
+    assert event["event"] == "command.failed" and event["level"] == "error"
+    assert event["exit_code"] == exit_code and says in event["error"]
+    stamp = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    assert event["timestamp"].endswith("Z") and stamp.utcoffset() == dt.timedelta(0)
+
+
+def test_a_config_error_is_a_json_line_when_stderr_is_not_a_terminal(tmp_path) -> None:
+    """A config that does not load (exit 78): log_format auto applies, stderr is a pipe, so
+    the error is one JSON object that jq reads, naming the bad key."""
+    from conftest import run_cli
+
+    config = _offline_config(tmp_path, 1, extra="no_such_key = 1\n")
+    proc = run_cli("--config", str(config), "status")
+    assert proc.returncode == 78
+    events = _error_lines(proc.stderr)
+    _assert_command_failed(events[-1], 78, "no_such_key")
+
+
+def test_an_unknown_package_is_a_json_line_in_json_mode_and_plain_in_console_mode(tmp_path) -> None:
+    """history/push of a package the config does not have: every stderr line is JSON with
+    log_format = "json"; with "console" the one-line `quiltsync: error:` stays."""
+    from conftest import run_cli
+
+    config = _offline_config(tmp_path, 2)
+    for args in (["history", "team/unknown"], ["push", "--folder", "team/unknown"]):
+        proc = run_cli("--config", str(config), *args)
+        assert proc.returncode == 78
+        events = _error_lines(proc.stderr)
+        _assert_command_failed(events[-1], 78, "team/unknown")
+    config.write_text(config.read_text().replace('log_format = "json"', 'log_format = "console"'))
+    proc = run_cli("--config", str(config), "history", "team/unknown")
+    assert proc.returncode == 78
+    assert proc.stderr.splitlines()[-1].startswith("quiltsync: error: no folder is configured for package")

@@ -14,9 +14,8 @@ def _publish(setup: Setup, local_s3, package: str, keys: list[str]) -> str:
     import base64
     import hashlib
 
-    from quiltsync.local.hashing import HashValue
-    from quiltsync.core.planner import BaseEntry
-    from quiltsync.remote.registry import top_hash_of
+    from quiltsync.core.types import Entry, HashValue
+    from quiltsync.core.manifest import top_hash_of
 
     bucket = setup.registry[5:]
     c = local_s3.client()
@@ -26,7 +25,7 @@ def _publish(setup: Setup, local_s3, package: str, keys: list[str]) -> str:
         vid = c.put_object(Bucket=bucket, Key=f"evil/{i}", Body=body)["VersionId"]
         digest = base64.b64encode(hashlib.sha256(hashlib.sha256(body).digest()).digest()).decode()
         pk = f"s3://{bucket}/evil/{i}?versionId={vid}"
-        entries[lk] = BaseEntry(HashValue("sha2-256-chunked", digest), len(body), pk)
+        entries[lk] = Entry(HashValue("sha2-256-chunked", digest), len(body), pk)
         lines.append({"logical_key": lk, "physical_keys": [pk], "size": len(body),
                       "hash": {"type": "sha2-256-chunked", "value": digest}, "meta": {}})
     meta = {"version": "v0", "message": "crafted"}

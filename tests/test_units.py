@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from quiltsync.local.hashing import HashValue, chunked_sha256
-from quiltsync.core.planner import RACY_NS, BaseEntry, IndexEntry, plan_push
+from quiltsync.core.types import RACY_NS, Entry, FileRecord, FileStat, HashValue
+from quiltsync.local.hashing import chunked_sha256
+from quiltsync.core.planner import plan_push
 from quiltsync.engine.restore import unsafe_key
-from quiltsync.local.scanner import FileStat, make_ignore_spec, scan_folder
+from quiltsync.local.scanner import make_ignore_spec, scan_folder
 
 MiB = 1024 * 1024
 
@@ -31,8 +32,12 @@ H1, H2 = HashValue("sha2-256-chunked", "one"), HashValue("sha2-256-chunked", "tw
 OLD = 1_000_000_000_000_000_000
 
 
-def _base(**entries: HashValue) -> dict[str, BaseEntry]:
-    return {k: BaseEntry(h, 10, f"s3://b/{k}?versionId=v") for k, h in entries.items()}
+def _base(**entries: HashValue) -> dict[str, Entry]:
+    return {k: Entry(h, 10, f"s3://b/{k}?versionId=v") for k, h in entries.items()}
+
+
+def _known(st: FileStat, h: HashValue, recorded_ns: int) -> FileRecord:
+    return FileRecord(st, recorded_ns, Entry(h, st.size, "s3://b/k?versionId=v"))
 
 
 def _never(lk: str, t: str) -> HashValue:
@@ -42,13 +47,13 @@ def _never(lk: str, t: str) -> HashValue:
 def test_plan_trusts_an_unchanged_stat_and_reads_nothing() -> None:
     """Same stat as the index, long ago: unchanged without hashing."""
     st = FileStat(10, OLD, 1)
-    plan = plan_push({"a": st}, {"a": IndexEntry(st, H1, OLD + 10 * RACY_NS)}, _base(a=H1), _never)
+    plan = plan_push({"a": st}, {"a": _known(st, H1, OLD + 10 * RACY_NS)}, _base(a=H1), _never)
     assert not plan.changes and plan.hashed == 0
 
 
 def test_plan_classifies_added_modified_and_deleted() -> None:
     """New keys are added, a size change is modified, a missing key is deleted."""
-    idx = {"a": IndexEntry(FileStat(10, OLD, 1), H1, OLD * 2), "b": IndexEntry(FileStat(10, OLD, 2), H1, OLD * 2)}
+    idx = {"a": _known(FileStat(10, OLD, 1), H1, OLD * 2), "b": _known(FileStat(10, OLD, 2), H1, OLD * 2)}
     scan = {"a": FileStat(11, OLD + 5, 1), "c": FileStat(3, OLD, 3)}
     plan = plan_push(scan, idx, _base(a=H1, b=H1), _never)
     assert (plan.added, plan.modified, plan.deleted) == (["c"], ["a"], ["b"])
@@ -57,7 +62,7 @@ def test_plan_classifies_added_modified_and_deleted() -> None:
 def test_plan_hashes_a_racy_or_touched_file_and_keeps_equal_content() -> None:
     """A stat recorded within the racy window, or a new mtime with the same size, is decided by hash."""
     st = FileStat(10, OLD, 1)
-    racy = {"a": IndexEntry(st, H1, OLD + 1)}
+    racy = {"a": _known(st, H1, OLD + 1)}
     same = plan_push({"a": st}, racy, _base(a=H1), lambda lk, t: H1)
     changed = plan_push({"a": st}, racy, _base(a=H1), lambda lk, t: H2)
     assert not same.changes and same.refresh == {"a": H1} and same.hashed == 1
@@ -110,10 +115,10 @@ def test_our_top_hash_equals_quilt3s_for_nested_unicode_keys_and_metadata() -> N
     from quilt3.packages import PackageEntry
     from quilt3.util import PhysicalKey
 
-    from quiltsync.remote.registry import top_hash_of
+    from quiltsync.core.manifest import top_hash_of
 
     keys = ["a-c", "a/b", "a/b0/c", "a.b", "Z", "é/ü.txt", "名前", "a/b-", "a b/c", "a_/x"]
-    entries = {k: BaseEntry(HashValue("sha2-256-chunked", f"h{i}"), i, f"s3://b/{k}?versionId=v{i}",
+    entries = {k: Entry(HashValue("sha2-256-chunked", f"h{i}"), i, f"s3://b/{k}?versionId=v{i}",
                             {"n": i} if i % 3 == 0 else None) for i, k in enumerate(keys)}
     meta = {"version": "v0", "message": "ünïcode message", "user_meta": {"k": [1, 2]}}
     pkg = quilt3.Package()
@@ -147,7 +152,7 @@ def test_ignore_rules_agree_with_gitignore_semantics_of_pathspec(extra: list[str
 
 def test_racy_window_is_wide_only_for_whole_second_timestamps() -> None:
     """Whole-second mtimes (FAT, ext3) get a 2 s window; nanosecond mtimes a 100 ms one."""
-    from quiltsync.core.planner import is_racy
+    from quiltsync.core.types import is_racy
 
     coarse, fine = 1_700_000_000_000_000_000, 1_700_000_000_123_456_789
     assert is_racy(coarse, coarse + 1_500_000_000) and not is_racy(coarse, coarse + 2_500_000_000)
@@ -190,3 +195,25 @@ def test_the_watches_check_tolerates_directories_being_added_but_not_a_lasting_g
     stays_low = check_watches([folder], lambda: 1, settle_s=0)
     assert [r.status for r in caught_up] == ["ok"]
     assert [r.status for r in stays_low] == ["fail"] and "not watched" in stays_low[0].detail
+
+
+def test_a_quilt3_conflict_becomes_a_push_conflict_without_quilt3s_force_advice() -> None:
+    """quiltsync never forces a push over another writer's revision: quilt3's "Use force=True
+    ... to overwrite" must not reach the push.conflict message, the hashes must."""
+    from quilt3.util import QuiltConflictException
+
+    from quiltsync.errors import PushConflict
+    from quiltsync.remote.registry import describe, mapped_errors
+
+    # quilt3 8.0's own wording (packages.py, check_hash_conficts)
+    quilt3_error = QuiltConflictException(
+        f"Package with hash {'a' * 64!r} already exists at the destination; "
+        f"expected {'b' * 64!r}. Use force=True (Python) or --force (CLI) to overwrite.")
+    with pytest.raises(PushConflict) as caught:
+        with mapped_errors("pushing team/data to s3://bucket"):
+            raise quilt3_error
+    message = str(caught.value)
+    assert message.startswith("pushing team/data to s3://bucket: Package with hash")
+    assert "a" * 64 in message and "b" * 64 in message
+    assert "force" not in message.lower() and "overwrite" not in message
+    assert "force" not in describe(quilt3_error).lower()

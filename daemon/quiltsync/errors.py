@@ -11,7 +11,10 @@ code and the CLI only ever see these::
     |   +-- TransientError      worth retrying (network, 5xx, throttling)
     |   +-- PermanentError      retrying will not help (denied, no bucket)
     +-- PushConflict            another writer moved `latest` meanwhile
-    +-- PushRefused             pushing would be unsafe (vanished root, mass deletion)
+    +-- PushRefused             pushing would be unsafe: held until the folder changes
+    |   +-- DeletionsHeld       mass deletion, emptied or remounted folder: also held
+    |   |                       in the index until `push --allow-deletes` releases it
+    |   +-- NotVersioned        the bucket keeps no versions: retried later, not held
     +-- SourceChanged           files changed during their upload: nothing published
     +-- RestoreError            a revision could not be restored or verified
 """
@@ -50,7 +53,15 @@ class PushConflict(QuiltsyncError):
 
 
 class PushRefused(QuiltsyncError):
-    pass
+    """Pushing would be unsafe; the folder waits for a change (or a release)."""
+
+
+class DeletionsHeld(PushRefused):
+    """Deletions an operator must confirm with `quiltsync push --allow-deletes`."""
+
+
+class NotVersioned(PushRefused):
+    """The bucket's versioning is off: a permanent error until someone enables it."""
 
 
 class SourceChanged(QuiltsyncError):

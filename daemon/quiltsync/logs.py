@@ -2,7 +2,7 @@
 
 stdlib logging (boto3, botocore, quilt3, watchdog, urllib3) goes through the same
 processor chain, so every line on stderr has the same shape. quilt3's print()s and
-progress bars never reach stderr: see ``silence_quilt3_stdout`` and quilt_env.py.
+progress bars never reach stderr: see remote/settings.py.
 """
 
 from __future__ import annotations

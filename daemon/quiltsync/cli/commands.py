@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from quiltsync import logs
-from quiltsync.remote import settings as quilt_env
+from quiltsync.remote import settings as s3settings
 from quiltsync.config import Config, check_folders_exist, find_config_path, load_config
 from quiltsync.errors import QuiltsyncError
 from quiltsync.local.index import Index
@@ -21,17 +21,21 @@ class Context:
     config: Config
     config_path: Path
     out: TextIO
+    _index: Index | None = None
 
     @classmethod
     def load(cls, cli_config: str | None, out: Any) -> Context:
         path = find_config_path(cli_config)
         config = load_config(path)
         logs.configure(config.daemon.log_level, config.daemon.log_format)
-        quilt_env.configure_s3(config.s3.endpoint_url, config.s3.region)
+        s3settings.activate(s3settings.S3Settings(config.s3.endpoint_url, config.s3.region))
         return cls(config, path, out)
 
     def index(self) -> Index:
-        return Index(self.config.daemon.state_dir / "index.sqlite3")
+        """The process's one Index (opened on first use)."""
+        if self._index is None:
+            self._index = Index(self.config.daemon.state_dir / "index.sqlite3")
+        return self._index
 
     def emit(self, line: str = "") -> None:
         self.out.write(line + "\n")
@@ -67,9 +71,10 @@ def status(ctx: Context, *, as_json: bool) -> int:
     index = ctx.index()
     rows = []
     recorded = index.health()
+    holds = index.holds()
     for f in ctx.config.folder:
-        rev = index.revision(f.package)
-        snap_index = index.rows(f.package)
+        rev = index.last_push(f.package)
+        snap_index = index.files(f.package)
         try:
             scan = scan_folder(f.path, make_ignore_spec(f.ignore))
             pending: int | None = pending_changes(scan.files, snap_index)
@@ -79,8 +84,11 @@ def status(ctx: Context, *, as_json: bool) -> int:
             pending, files, problem = None, None, f"folder unavailable: {e}"
         mine = [h for h in recorded if h[1] in (f.package, f"s3://{f.bucket}", str(f.path))]
         bad = [f"{c}: {d}" for c, _t, s_, d, _at in mine if s_ == "fail"]
+        held = holds.get(f.package)
         if problem is not None:
             health = problem
+        elif held is not None:
+            health = f"held since {_iso(held[1])}: {held[0]}"
         elif bad:
             health = "; ".join(bad)
         elif mine:
@@ -92,6 +100,7 @@ def status(ctx: Context, *, as_json: bool) -> int:
             "last_top_hash": rev.top_hash if rev else None,
             "last_push": _iso(rev.pushed_at) if rev and rev.pushed_at else None,
             "pending": pending, "files": files, "health": health,
+            "held": held[0] if held else None,
         })
     if as_json:
         ctx.emit(json.dumps({"folders": rows}, indent=2))
@@ -148,10 +157,13 @@ def restore(ctx: Context, package: str, top_hash: str, dest: Path, *, force: boo
 
 
 def check(ctx: Context) -> int:
-    from quiltsync.service.health import run_all
+    from quiltsync.service.health import CheckResult, run_all
 
     ctx.emit(f"ok    config           {ctx.config_path}: {len(ctx.config.folder)} folder(s)")
     results = run_all(ctx.config)
+    holds = ctx.index().holds()
+    results += [CheckResult("stuck", f.package, "fail", f"held: {holds[f.package][0]}")
+                for f in ctx.config.folder if f.package in holds]
     for r in results:
         ctx.emit(f"{r.status:<5} {r.check:<16} {r.target}: {r.detail}")
     failed = [r for r in results if r.status == "fail"]

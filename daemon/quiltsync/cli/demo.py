@@ -51,11 +51,11 @@ def run_demo(workdir: Path | None, out: Any) -> int:
 
 
 def _walkthrough(base: Path, s3: Any, say: _Printer) -> int:
-    from quiltsync.remote import settings as quilt_env
+    from quiltsync.remote import settings as s3settings
     from quiltsync.remote.registry import Registry
     from quiltsync.engine.restore import restore
 
-    quilt_env.configure_s3(s3.endpoint_url, "us-east-1")
+    s3settings.activate(s3settings.S3Settings(s3.endpoint_url, "us-east-1"))
     folder = base / "experiments"
     folder.mkdir(exist_ok=True)
     config_path = base / "config.toml"

@@ -2,16 +2,24 @@
 
 Results go to stdout; logs go to stderr. Exit codes: 0 ok, 1 failed, 2 usage
 error, 78 configuration error. A ``QuiltsyncError`` is shown as one line without
-a traceback; anything else is a bug and keeps its traceback.
+a traceback, in the shape of the log lines (a JSON object in JSON mode, so ``jq``
+reads every line of stderr); anything else is a bug and keeps its traceback.
+
+A reader of stdout that leaves early (``quiltsync status | head -1``) is not an
+error: no traceback, exit 0 (or the command's own code if it had finished).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import os
+import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from quiltsync import __version__
 from quiltsync.errors import QuiltsyncError, UsageError
@@ -64,19 +72,92 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code: int | None = None
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit:  # argparse's --help / --version: their output goes out first
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a reader that left early shows up here at the latest
+        return code
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # not stdout's reader leaving: a bug, with its traceback
+        _stdout_to_devnull()
+        return 0 if code is None else code
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    global _log_format
+    _log_format = None
     out = sys.stdout
     try:
         args = build_parser().parse_args(argv)
         return _dispatch(args, out)
     except QuiltsyncError as e:
-        from quiltsync.logs import journal_stream_matches
-
-        prefix = "<3>" if journal_stream_matches(sys.stderr) else ""
-        print(f"{prefix}quiltsync: error: {e}", file=sys.stderr)
+        report_error(str(e), e.exit_code)
         return e.exit_code
     except KeyboardInterrupt:
-        print("quiltsync: interrupted", file=sys.stderr)
+        report_error("interrupted", 130, event="command.interrupted", level="warning")
         return 130
+
+
+# The config's [daemon] log_format once it is loaded; None before (or when it failed to load).
+_log_format: str | None = None
+
+
+def report_error(message: str, exit_code: int, *, event: str = "command.failed", level: str = "error",
+                 **context: Any) -> None:
+    """An error for the user on stderr, in the shape of the log lines: one JSON object in
+    JSON mode (``jq`` reads every line; ``context`` adds keys), else ``quiltsync: error: ...``;
+    with the journal's priority prefix when stderr is the journal."""
+    from quiltsync.logs import journal_stream_matches
+
+    prefix = ("<3>" if level == "error" else "<4>") if journal_stream_matches(sys.stderr) else ""
+    if _json_mode():
+        line = json.dumps({
+            "timestamp": dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+            "level": level, "event": event, **context, "error": message, "exit_code": exit_code,
+        }, ensure_ascii=False, default=str)
+    elif level == "error":
+        line = f"quiltsync: error: {message}"
+    else:
+        line = f"quiltsync: {message}"
+    print(prefix + line, file=sys.stderr, flush=True)
+
+
+def _json_mode() -> bool:
+    """As logs.configure decides: json, console, or auto (JSON unless stderr is a TTY); the
+    auto rule also when no config was loaded (a usage error, a config that failed to load)."""
+    fmt = _log_format or "auto"
+    if fmt == "auto":
+        try:
+            return not sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            return True
+    return fmt == "json"
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout's reader went away (the write end of a pipe without readers polls POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        events = poller.poll(0)
+    except (AttributeError, ValueError, OSError):
+        return True  # cannot tell: the BrokenPipeError is the best evidence there is
+    return any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in events)
+
+
+def _stdout_to_devnull() -> None:
+    """Python flushes stdout once more at exit: let that go nowhere instead of raising."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, ValueError, OSError):
+        pass
 
 
 def _dispatch(args: argparse.Namespace, out: object) -> int:
@@ -87,6 +168,8 @@ def _dispatch(args: argparse.Namespace, out: object) -> int:
 
         return run_demo(args.workdir, out)
     ctx = commands.Context.load(getattr(args, "config", None), out)
+    global _log_format
+    _log_format = ctx.config.daemon.log_format
     if args.command == "run":
         from quiltsync.service.daemon import run_daemon
 

@@ -8,7 +8,7 @@ which to delete, which are unchanged, and index rows to refresh.
 A file counts as unchanged without reading it when its stat equals the index's
 and the index's hash is the base entry's hash. A stat that is "racy" (the file
 was modified within the timestamp granularity of when it was recorded, so a
-same-size write in the same clock tick could hide; see ``is_racy``) is never trusted: the file is hashed, as are
+same-size write in the same clock tick could hide; see ``types.is_racy``) is never trusted: the file is hashed, as are
 files whose stat changed but whose size still equals the base entry's (a touch,
 a rewrite with the same bytes, or an index rebuilt from the registry). Hashing is
 local; it never uploads.
@@ -20,35 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from quiltsync.local.hashing import HashValue
-from quiltsync.local.scanner import FileStat
-
-# The racy window: a stat is trusted only for files whose mtime is older than the
-# moment it was recorded by more than the filesystem's timestamp granularity.
-# ext4, xfs, btrfs, tmpfs stamp with the kernel's coarse clock (one tick, 1-10 ms);
-# filesystems with whole-second stamps (FAT: 2 s, HFS+, ext3: 1 s) show it as
-# mtimes with no nanoseconds, and get the wide window.
-RACY_NS = 2_000_000_000
-FINE_RACY_NS = 100_000_000
-
-
-def is_racy(mtime_ns: int, recorded_ns: int) -> bool:
-    window = RACY_NS if mtime_ns % 1_000_000_000 == 0 else FINE_RACY_NS
-    return mtime_ns + window >= recorded_ns
-
-
-@dataclass(frozen=True, slots=True)
-class BaseEntry:
-    """An entry of the revision a push builds on."""
-
-    hash: HashValue
-    size: int
-    physical_key: str
-    meta: dict | None = None
+from quiltsync.core.types import Entry, FileStat, HashValue
 
 
 class Known(Protocol):
-    """What the index remembers of a pushed file (index.Row is one)."""
+    """What the index remembers of a pushed file (types.FileRecord is one)."""
 
     @property
     def stat(self) -> FileStat: ...
@@ -56,19 +32,6 @@ class Known(Protocol):
     def hash(self) -> HashValue: ...
     @property
     def racy(self) -> bool: ...
-
-
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
-    """A plain Known, for tests and callers without index rows."""
-
-    stat: FileStat
-    hash: HashValue
-    recorded_ns: int  # wall clock when the stat was taken
-
-    @property
-    def racy(self) -> bool:
-        return is_racy(self.stat.mtime_ns, self.recorded_ns)
 
 
 @dataclass(slots=True)
@@ -92,7 +55,7 @@ class Plan:
 def plan_push(
     scan: Mapping[str, FileStat],
     index: Mapping[str, Known],
-    base: Mapping[str, BaseEntry],
+    base: Mapping[str, Entry],
     hash_file: Callable[[str, str], HashValue | None],
 ) -> Plan:
     """``hash_file(logical_key, hash_type)`` hashes a local file like the base entry was."""

@@ -20,7 +20,8 @@ from pathlib import Path, PurePosixPath
 
 from quiltsync.local import hashing
 from quiltsync.errors import RestoreError
-from quiltsync.remote.registry import Registry, RemoteRevision, unpinned_keys
+from quiltsync.core.types import Revision
+from quiltsync.remote.registry import Registry, unpinned_keys
 
 
 @dataclass(slots=True)
@@ -91,7 +92,7 @@ def restore(registry: Registry, package: str, top_hash: str, dest: Path, *,
         report = verify_tree(rev, tmp, package, dest)
         stale = [lk for lk in report.mismatched if sources.get(lk) == "cache"]
         if stale:  # a cache entry that lied: fetch those from S3, then check everything again
-            again = RemoteRevision(rev.top_hash, rev.meta, {lk: rev.entries[lk] for lk in stale})
+            again = Revision(rev.top_hash, rev.meta, {lk: rev.entries[lk] for lk in stale}, rev.registry)
             for lk in stale:
                 (tmp / lk).unlink(missing_ok=True)
             sources.update(registry.fetch(package, again, tmp, use_cache=False))
@@ -118,7 +119,7 @@ def restore(registry: Registry, package: str, top_hash: str, dest: Path, *,
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def verify_tree(rev: RemoteRevision, root: Path, package: str, dest: Path) -> RestoreReport:
+def verify_tree(rev: Revision, root: Path, package: str, dest: Path) -> RestoreReport:
     report = RestoreReport(package, rev.top_hash, dest)
     for lk, entry in sorted(rev.entries.items()):
         report.files += 1

@@ -13,7 +13,8 @@ import base64
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+
+from quiltsync.core.types import HashValue
 
 PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 10_000
@@ -21,15 +22,6 @@ _READ = 1024 * 1024
 
 CHUNKED = "sha2-256-chunked"
 LEGACY = "SHA256"
-
-
-@dataclass(frozen=True, slots=True)
-class HashValue:
-    type: str
-    value: str
-
-    def as_manifest(self) -> dict[str, str]:
-        return {"type": self.type, "value": self.value}
 
 
 def part_size(file_size: int) -> int:

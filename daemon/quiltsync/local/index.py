@@ -1,17 +1,26 @@
 """The local index: SQLite in ``state_dir``, one row per pushed file.
 
-Per package it keeps the last pushed revision (top_hash, package metadata, when)
-and, per logical key, the stat the file had when it was pushed plus the entry that
-went into the manifest (hash, size, physical key with versionId, entry metadata).
-That is enough for a new process to rebuild the last revision in memory without
-browsing the registry, and to tell unchanged files by stat alone.
+Per package it keeps the last pushed revision (top_hash, package metadata, when,
+and the registry's identity: endpoint and bucket) and, per logical key, the stat
+the file had when it was pushed plus the entry that went into the manifest
+(hash, size, physical key with versionId, entry metadata). That is enough for a
+new process to rebuild the last revision in memory without browsing the
+registry, and to tell unchanged files by stat alone. It also holds the daemon's
+health results and the holds an operator releases (both read by other processes).
+
+One ``Index`` object per process owns the file. Each thread gets its own
+connection (``sqlite3`` connections are not shared between threads), and every
+descriptor of the file is SQLite's: the process never opens or closes the file
+behind SQLite's back, because closing *any* descriptor of a file drops all of
+the process's POSIX locks on it (FACTS.md), and another process would then
+believe it is the last user and delete the WAL that this one still writes.
 
 Trust, but verify: before a push builds on the rows, the pusher recomputes the
-revision's top_hash from them; a mismatch (a torn write, a manual edit, a bug)
-makes it rebuild from the registry. An unreadable database
-file is moved aside and started afresh. Each push is committed in one
-transaction, after the registry accepted it: the index is never ahead of the
-registry.
+revision's top_hash from them; a mismatch makes it rebuild from the registry. A
+database is moved aside only when SQLite itself says it is damaged or not a
+database (never because it is busy), and that is logged as ``index.rebuilt``.
+Each push is committed in one transaction, after the registry accepted it: the
+index is never ahead of the registry.
 """
 
 from __future__ import annotations
@@ -19,16 +28,22 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from quiltsync.local.hashing import HashValue
-from quiltsync.core.planner import BaseEntry, is_racy
-from quiltsync.local.scanner import FileStat
+from quiltsync.core.types import Entry, FileRecord, FileStat, HashValue, LastPush
+from quiltsync.errors import QuiltsyncError
+from quiltsync.logs import get_logger
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT_S = 30.0
+# SQLite's primary result codes that mean "this file is damaged" (not "busy").
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,6 +64,11 @@ CREATE TABLE IF NOT EXISTS health (
     checked_at REAL NOT NULL,
     PRIMARY KEY (check_name, target)
 );
+CREATE TABLE IF NOT EXISTS hold (
+    package TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS entry (
     package TEXT NOT NULL,
     logical_key TEXT NOT NULL,
@@ -65,79 +85,102 @@ CREATE TABLE IF NOT EXISTS entry (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Revision:
-    """The last revision quiltsync pushed (or adopted) for a package."""
-
-    package: str
-    registry: str
-    folder: str
-    top_hash: str
-    meta: dict
-    pushed_at: float
-    root_dev: int = 0
+class IndexUnavailable(QuiltsyncError):
+    """The index could not be opened (busy past the timeout, or unreadable)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Row:
-    """One file as pushed: the stat it had and the manifest entry it became."""
+class Recorded:
+    """A package's last revision as the index has it, with its files."""
 
-    stat: FileStat
-    recorded_ns: int
-    entry: BaseEntry
+    last: LastPush
+    files: dict[str, FileRecord]
 
-    # planner.Known: the rows themselves serve as the planner's index (no copies)
-    @property
-    def hash(self) -> HashValue:
-        return self.entry.hash
-
-    @property
-    def racy(self) -> bool:
-        return is_racy(self.stat.mtime_ns, self.recorded_ns)
+    def entries(self) -> dict[str, Entry]:
+        return {lk: r.entry for lk, r in self.files.items()}
 
 
-@dataclass(slots=True)
-class Snapshot:
-    revision: Revision
-    rows: dict[str, Row]
-
-    def base(self) -> dict[str, BaseEntry]:
-        return {lk: r.entry for lk, r in self.rows.items()}
+def is_damaged(e: sqlite3.DatabaseError) -> bool:
+    """SQLite says the file is corrupt or not a database (not merely busy or locked)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
 class Index:
-    def __init__(self, path: Path) -> None:
+    """The process's one handle on ``state_dir/index.sqlite3``; thread-safe."""
+
+    def __init__(self, path: Path, *, timeout: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
+        self.timeout = timeout
+        self.log = get_logger("quiltsync.index")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.db = self._open()
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._open()
 
-    def _open(self) -> sqlite3.Connection:
+    # -- connections -------------------------------------------------------------
+    def _open(self) -> None:
         try:
-            db = self._connect()
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            db.executescript(_SCHEMA)
-            return db
-        except sqlite3.DatabaseError:
-            # Not a database (or damaged): keep it for inspection, start afresh.
+            self._setup(self.db)
+        except sqlite3.DatabaseError as e:
+            if not is_damaged(e):
+                self.close()
+                raise IndexUnavailable(f"index {self.path}: {e}; is another process holding it?") from None
+            self.close()
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            os.replace(self.path, aside)
-            db = self._connect()
-            db.executescript(_SCHEMA)
-            return db
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    os.replace(src, Path(str(aside) + suffix))
+            self.log.warning("index.rebuilt", path=str(self.path), moved_to=str(aside),
+                             reason=f"SQLite reports the database damaged: {e}; starting a new index "
+                                    "(it is rebuilt from the registry by hashing, without uploads)")
+            self._setup(self.db)
 
-    def _connect(self) -> sqlite3.Connection:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+    def _setup(self, db: sqlite3.Connection) -> None:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        db.executescript(_SCHEMA)
+        db.execute("INSERT OR IGNORE INTO info VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            created = not self.path.exists()
+            # check_same_thread=False only so that close() may close every thread's connection
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            if created:
+                os.chmod(self.path, 0o600)  # WAL and SHM files take the database's mode
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+            with self._lock:
+                self._all.append(db)
         return db
 
     def close(self) -> None:
-        self.db.close()
+        """Close every connection of this index (all threads): at process end."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for db in conns:
+            db.close()
+        self._local = threading.local()
 
-    # -- reading ---------------------------------------------------------------
-    def revision(self, package: str) -> Revision | None:
+    @contextmanager
+    def _write(self, db: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        db = db or self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- revisions -----------------------------------------------------------------
+    def last_push(self, package: str) -> LastPush | None:
         r = self.db.execute(
             "SELECT package, registry, folder, top_hash, meta, pushed_at, root_dev "
             "FROM revision WHERE package = ?",
@@ -145,23 +188,24 @@ class Index:
         ).fetchone()
         if r is None:
             return None
-        return Revision(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6])
+        return LastPush(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6])
 
-    def load(self, package: str, registry: str, folder: str) -> Snapshot | None:
-        """The last revision and its rows, if they are for this registry and folder;
-        None otherwise (the caller rebuilds). Not verified: see Snapshot.verify."""
-        rev = self.revision(package)
-        if rev is None or rev.registry != registry or rev.folder != folder:
+    def load(self, package: str, registry: str, folder: str) -> Recorded | None:
+        """The last revision and its files, if they are for this registry identity and
+        folder; None otherwise (the caller rebuilds). Not verified: the pusher checks
+        the top_hash before building on it."""
+        last = self.last_push(package)
+        if last is None or last.registry != registry or last.folder != folder:
             return None
-        return Snapshot(rev, self.rows(package))
+        return Recorded(last, self.files(package))
 
-    def rows(self, package: str) -> dict[str, Row]:
+    def files(self, package: str) -> dict[str, FileRecord]:
         """Every recorded file of a package, as stored (unverified)."""
         return {
-            lk: Row(
+            lk: FileRecord(
                 FileStat(size, mtime_ns, inode),
                 recorded_ns,
-                BaseEntry(HashValue(ht, hv), size, pk, json.loads(meta) if meta else None),
+                Entry(HashValue(ht, hv), size, pk, json.loads(meta) if meta else None),
             )
             for lk, size, mtime_ns, inode, recorded_ns, ht, hv, pk, meta in self.db.execute(
                 "SELECT logical_key, size, mtime_ns, inode, recorded_ns, hash_type, hash, "
@@ -170,73 +214,69 @@ class Index:
             )
         }
 
-    # -- writing ---------------------------------------------------------------
     def commit(
         self,
-        revision: Revision,
-        upserts: Mapping[str, Row],
+        last: LastPush,
+        upserts: Mapping[str, FileRecord],
         deletes: Iterable[str] = (),
         *,
         replace_all: bool = False,
     ) -> None:
         """Record a pushed (or adopted) revision in one transaction."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as db:
             db.execute(
                 "INSERT OR REPLACE INTO revision VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (revision.package, revision.registry, revision.folder, revision.top_hash,
-                 json.dumps(revision.meta, sort_keys=True), revision.pushed_at, revision.root_dev),
+                (last.package, last.registry, last.folder, last.top_hash,
+                 json.dumps(last.meta, sort_keys=True), last.pushed_at, last.root_dev),
             )
             if replace_all:
-                db.execute("DELETE FROM entry WHERE package = ?", (revision.package,))
+                db.execute("DELETE FROM entry WHERE package = ?", (last.package,))
             else:
                 db.executemany(
                     "DELETE FROM entry WHERE package = ? AND logical_key = ?",
-                    ((revision.package, lk) for lk in deletes),
+                    ((last.package, lk) for lk in deletes),
                 )
             db.executemany(
                 "INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    (revision.package, lk, r.entry.size, r.stat.mtime_ns, r.stat.inode,
+                    (last.package, lk, r.entry.size, r.stat.mtime_ns, r.stat.inode,
                      r.recorded_ns, r.entry.hash.type, r.entry.hash.value, r.entry.physical_key,
                      json.dumps(r.entry.meta, sort_keys=True) if r.entry.meta is not None else None)
                     for lk, r in upserts.items()
                 ),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
-    def refresh_stats(self, package: str, rows: Mapping[str, Row]) -> None:
+    def refresh_stats(self, package: str, files: Mapping[str, FileRecord]) -> None:
         """Update the stat of files whose content was found unchanged."""
-        if not rows:
+        if not files:
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.executemany(
+        with self._write() as db:
+            db.executemany(
                 "UPDATE entry SET mtime_ns = ?, inode = ?, recorded_ns = ? "
                 "WHERE package = ? AND logical_key = ?",
-                ((r.stat.mtime_ns, r.stat.inode, r.recorded_ns, package, lk) for lk, r in rows.items()),
+                ((r.stat.mtime_ns, r.stat.inode, r.recorded_ns, package, lk) for lk, r in files.items()),
             )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
-    # -- health (written by the daemon, read by `quiltsync status`) --------------------
+    # -- holds (set by the daemon, released by `quiltsync push --allow-deletes`) -----
+    def set_hold(self, package: str, reason: str, since: float) -> None:
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO hold VALUES (?, ?, ?)", (package, reason, since))
+
+    def clear_hold(self, package: str) -> bool:
+        with self._write() as db:
+            return db.execute("DELETE FROM hold WHERE package = ?", (package,)).rowcount > 0
+
+    def holds(self) -> dict[str, tuple[str, float]]:
+        """package -> (reason, since) of every held folder."""
+        return {p: (r, s) for p, r, s in self.db.execute("SELECT package, reason, since FROM hold")}
+
+    # -- health (written by the daemon, read by `quiltsync status`) -------------------
     def write_health(self, results: Iterable[tuple[str, str, str, str]], checked_at: float) -> None:
         """Replace the recorded health with (check, target, status, detail) rows."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.execute("DELETE FROM health")
-            self.db.executemany("INSERT OR REPLACE INTO health VALUES (?, ?, ?, ?, ?)",
-                                ((c, t, s, d, checked_at) for c, t, s, d in results))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        with self._write() as db:
+            db.execute("DELETE FROM health")
+            db.executemany("INSERT OR REPLACE INTO health VALUES (?, ?, ?, ?, ?)",
+                           ((c, t, s, d, checked_at) for c, t, s, d in results))
 
     def health(self) -> list[tuple[str, str, str, str, float]]:
         return list(self.db.execute(

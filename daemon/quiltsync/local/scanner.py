@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pathspec
 
+from quiltsync.core.types import FileStat
+
 # Editor swap/backup files, lock files, partial downloads, OS litter and VCS dirs:
 # never a user's data, and often written and removed within a second.
 DEFAULT_IGNORES: tuple[str, ...] = (
@@ -49,17 +51,6 @@ DEFAULT_IGNORES: tuple[str, ...] = (
     "Thumbs.db",
     ".quiltsync-*",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class FileStat:
-    size: int
-    mtime_ns: int
-    inode: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> FileStat:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass(frozen=True, slots=True)

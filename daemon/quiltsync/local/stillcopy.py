@@ -12,14 +12,14 @@ import tempfile
 from pathlib import Path
 
 from quiltsync.config import FolderConfig
-from quiltsync.local.scanner import FileStat
+from quiltsync.core.types import FileStat
 
 
-class Snapshots:
+class StillCopies:
     """Still copies of files that are being written, taken in the state dir."""
 
     def __init__(self, folder: FolderConfig, state_dir: Path) -> None:
-        base = state_dir / "snapshots"
+        base = state_dir / "stillcopies"
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.dir = Path(tempfile.mkdtemp(prefix=folder.package.replace("/", "_") + "-", dir=base))
         self._n = 0

@@ -4,7 +4,7 @@ Everything quiltsync asks of a registry goes through ``Registry``; quilt3's and
 botocore's exceptions are mapped here into quiltsync's own (errors.py), as
 transient (worth retrying) or permanent. quilt3 is imported only after the
 environment it reads at import time is set (usage metrics off, progress bars
-off), see ``quilt_env``.
+off), see ``settings``.
 
 Reads that must not be served from quilt3's local manifest cache (the latest
 pointer, manifests for conflicts, history and restore) go to S3 directly and are
@@ -14,18 +14,14 @@ checked: a manifest must hash to the top_hash it was asked for.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
-import os
-import threading
+import re
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quiltsync.remote import settings as quilt_env
+from quiltsync.core.types import Entry, HashValue, Revision
 from quiltsync.errors import (
     PermanentError,
     PushConflict,
@@ -33,53 +29,15 @@ from quiltsync.errors import (
     SourceChanged,
     TransientError,
 )
-from quiltsync.local.hashing import HashValue
-from quiltsync.core.planner import BaseEntry
+from quiltsync.remote import settings
+from quiltsync.remote.settings import S3Settings
 
-quilt_env.prepare()
+settings.import_quilt3()  # the environment quilt3 reads at import, set first (settings.py)
 
-import boto3  # noqa: E402
-import botocore.config  # noqa: E402
 import botocore.exceptions as bce  # noqa: E402
 import quilt3  # noqa: E402
-import quilt3.hooks  # noqa: E402
 from quilt3.packages import PackageEntry, PackageRevInfo  # noqa: E402
 from quilt3.util import PhysicalKey, QuiltConflictException, QuiltException  # noqa: E402
-
-quilt_env.silence_quilt3_prints()
-
-_CLIENT_TTL_S = 900.0
-_client_cache: dict[tuple, tuple[float, Any]] = {}
-_client_lock = threading.Lock()
-
-
-def _client_config() -> botocore.config.Config:
-    return botocore.config.Config(
-        retries={"mode": "standard", "max_attempts": quilt_env.max_attempts()},
-        connect_timeout=10,
-        read_timeout=60,
-    )
-
-
-def _build_quilt3_client(build: Any, session: Any, client_kwargs: dict[str, Any], **kwargs: Any) -> Any:
-    """quilt3 builds a new boto3 client (~0.2 s of JSON model loading) for every
-    operation; reuse them for a while, with our retry mode and timeouts."""
-    config = client_kwargs.get("config") or botocore.config.Config()
-    config = config.merge(_client_config())
-    key = (os.environ.get("AWS_ENDPOINT_URL_S3"), os.environ.get("AWS_ENDPOINT_URL"),
-           session.region_name, str(getattr(config, "signature_version", None)))
-    now = time.monotonic()
-    with _client_lock:
-        hit = _client_cache.get(key)
-        if hit is not None and now - hit[0] < _CLIENT_TTL_S:
-            return hit[1]
-    client = build(session, {**client_kwargs, "config": config}, **kwargs)
-    with _client_lock:
-        _client_cache[key] = (now, client)
-    return client
-
-
-quilt3.hooks.set_build_s3_client_hook(_build_quilt3_client)
 
 # Error codes after which retrying the same request cannot help.
 _PERMANENT_CODES = {
@@ -107,32 +65,7 @@ _TRANSIENT_EXC = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteRevision:
-    top_hash: str
-    meta: dict
-    entries: dict[str, BaseEntry]
-
-
-def top_hash_of(meta: dict, entries: Mapping[str, BaseEntry]) -> str:
-    """The top_hash quilt3 8.0 computes for this metadata and these entries.
-
-    Written out (not by building a quilt3.Package, which costs ~40 us an entry):
-    sha256 over the package metadata, then over each entry's hash, logical key,
-    metadata and size, in quilt3's walk order (children sorted at each level,
-    which is the order of the keys' path components). A test checks it against
-    quilt3's own for nested and unicode keys.
-    """
-    encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
-    h = hashlib.sha256(encode(meta).encode())
-    for lk in sorted(entries, key=lambda k: k.split("/")):
-        e = entries[lk]
-        h.update(encode({"hash": e.hash.as_manifest(), "logical_key": lk,
-                         "meta": e.meta or {}, "size": e.size}).encode())
-    return h.hexdigest()
-
-
-def _package(meta: dict, entries: Mapping[str, BaseEntry]) -> quilt3.Package:
+def _package(meta: dict, entries: Mapping[str, Entry]) -> quilt3.Package:
     pkg = quilt3.Package()
     pkg._meta = dict(meta)
     for lk, e in entries.items():
@@ -141,10 +74,10 @@ def _package(meta: dict, entries: Mapping[str, BaseEntry]) -> quilt3.Package:
     return pkg
 
 
-def _entries_of(pkg: quilt3.Package, only: Collection[str] | None = None) -> dict[str, BaseEntry]:
+def _entries_of(pkg: quilt3.Package, only: Collection[str] | None = None) -> dict[str, Entry]:
     pairs = pkg.walk() if only is None else ((lk, pkg[lk]) for lk in only)
     return {
-        lk: BaseEntry(HashValue(e.hash["type"], e.hash["value"]), e.size, str(e.physical_key),
+        lk: Entry(HashValue(e.hash["type"], e.hash["value"]), e.size, str(e.physical_key),
                       dict(e._meta) if e._meta else None)
         for lk, e in pairs
     }
@@ -160,7 +93,16 @@ def describe(e: BaseException) -> str:
     if isinstance(e, bce.NoCredentialsError):
         return ("no AWS credentials found; provide them through the standard chain "
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role)")
-    return f"{type(e).__name__}: {e}".splitlines()[0]
+    return _without_force_advice(f"{type(e).__name__}: {e}".splitlines()[0])
+
+
+def _without_force_advice(message: str) -> str:
+    """quilt3's conflict message ends with "Use force=True (Python) or --force (CLI) to
+    overwrite.": advice for quilt3's users that quiltsync never follows (forcing would
+    drop the other writer's revision), so it never reaches a quiltsync message."""
+    sentences = re.split(r"(?<=[.;])\s+", message)
+    kept = [s for s in sentences if "force=True" not in s and "--force" not in s]
+    return " ".join(kept).strip() or message
 
 
 def classify(e: BaseException) -> type[QuiltsyncError]:
@@ -189,35 +131,30 @@ def mapped_errors(what: str) -> Iterator[None]:
     except QuiltsyncError:
         raise
     except QuiltConflictException as e:
-        raise PushConflict(f"{what}: {str(e).splitlines()[0]}") from e
+        raise PushConflict(f"{what}: {_without_force_advice(str(e).splitlines()[0])}") from e
     except (bce.BotoCoreError, bce.ClientError, QuiltException, OSError, KeyError, ValueError) as e:
         raise classify(e)(f"{what}: {describe(e)}") from e
 
 
-_local = threading.local()
-
-
-def _thread_client(name: str, config: botocore.config.Config) -> Any:
-    """One boto3 S3 client per thread and purpose (clients are built once: ~0.2 s each)."""
-    clients = getattr(_local, "clients", None)
-    if clients is None:
-        clients = _local.clients = {}
-    if name not in clients:
-        clients[name] = boto3.session.Session().client("s3", config=config)
-    return clients[name]
-
-
 class Registry:
-    """An S3 package registry ``s3://bucket``."""
+    """An S3 package registry ``s3://bucket`` on one endpoint (its identity)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, s3: S3Settings | None = None) -> None:
         self.url = url.rstrip("/")
         self.bucket = self.url[len("s3://") :]
+        self.settings = s3 if s3 is not None else settings.active()
+        self.identity = self.settings.identity(self.bucket)
 
     @property
     def s3(self) -> Any:
-        # standard retry mode and explicit timeouts
-        return _thread_client("s3", _client_config())
+        self._check_active()
+        return settings.thread_client("s3")
+
+    def _check_active(self) -> None:
+        """quilt3's clients follow the process's active settings: a registry of other
+        settings (a reload moved the endpoint) must not be reached through them."""
+        if self.settings != settings.active():
+            raise TransientError(f"{self.identity}: the S3 settings changed (reload); retrying with the new ones")
 
     # -- reads that bypass quilt3's caches ----------------------------------------
     def latest(self, name: str) -> str | None:
@@ -232,7 +169,7 @@ class Registry:
                 raise
         return body.decode().strip()
 
-    def revision(self, name: str, top_hash: str) -> RemoteRevision:
+    def revision(self, name: str, top_hash: str) -> Revision:
         """A revision's manifest, read from S3 and checked against its top_hash."""
         key = f".quilt/packages/{top_hash}"
         with mapped_errors(f"reading manifest s3://{self.bucket}/{key}"):
@@ -242,9 +179,14 @@ class Registry:
             raise PermanentError(
                 f"manifest s3://{self.bucket}/{key} does not hash to its name; the registry is damaged"
             )
-        return RemoteRevision(top_hash, dict(pkg._meta), _entries_of(pkg))
+        return Revision(top_hash, dict(pkg._meta), _entries_of(pkg), self.identity)
 
-    def latest_revision(self, name: str) -> RemoteRevision | None:
+    def versioning(self) -> str | None:
+        """The bucket's versioning status (cached; see ``bucket_versioning``)."""
+        self._check_active()
+        return bucket_versioning(self.bucket)
+
+    def latest_revision(self, name: str) -> Revision | None:
         top = self.latest(name)
         return None if top is None else self.revision(name, top)
 
@@ -266,12 +208,12 @@ class Registry:
     def push(
         self,
         name: str,
-        base: RemoteRevision | None,
+        base: Revision | None,
         uploads: Mapping[str, tuple[Path, int]],
         deletes: list[str],
         message: str,
         changed_sources: Callable[[], list[str]] | None = None,
-    ) -> RemoteRevision:
+    ) -> Revision:
         """Push ``base`` with ``uploads`` (logical key -> (local file, size)) and
         ``deletes`` removed.
 
@@ -290,6 +232,12 @@ class Registry:
                 raise SourceChanged(changed)
             return results
 
+        self._check_active()
+        if base is not None and base.registry != self.identity:
+            # Entries carry object versions of the registry they came from: built on a
+            # revision of another registry, this one would point at bytes it has not.
+            raise PermanentError(f"refusing to push {name} to {self.identity} on a revision read from "
+                                 f"{base.registry or 'an unknown registry'}; this is a bug")
         pkg = _package(base.meta if base else {"version": "v0"}, base.entries if base else {})
         if base is not None:
             pkg._origin = PackageRevInfo(self.url, name, base.top_hash)
@@ -306,10 +254,10 @@ class Registry:
         # Unchanged entries are the base's: only read back what this push set.
         entries = {lk: e for lk, e in (base.entries if base else {}).items() if lk not in deletes}
         entries.update(_entries_of(new, uploads))
-        return RemoteRevision(new.top_hash, dict(new._meta), entries)
+        return Revision(new.top_hash, dict(new._meta), entries, self.identity)
 
     # -- restore ---------------------------------------------------------------
-    def fetch(self, name: str, revision: RemoteRevision, dest: Path, *, use_cache: bool = True) -> dict[str, str]:
+    def fetch(self, name: str, revision: Revision, dest: Path, *, use_cache: bool = True) -> dict[str, str]:
         """Download every entry of ``revision`` under ``dest`` (keys already validated).
 
         Like quilt3's install, a pinned entry whose object-path cache entry still
@@ -334,7 +282,7 @@ class Registry:
             copy_file_list(file_list, message="Copying objects")
         return sources
 
-    def remember(self, revision: RemoteRevision, dest: Path, keys: list[str]) -> None:
+    def remember(self, revision: Revision, dest: Path, keys: list[str]) -> None:
         """Record restored files in quilt3's object-path cache (pinned entries only)."""
         from quilt3 import util
         from quilt3.packages import ObjectPathCache
@@ -352,7 +300,6 @@ class Registry:
 
 # -- health-related reads ---------------------------------------------------------------
 _VERSIONING_TTL_S = 300.0
-_versioning_cache: dict[str, tuple[float, str | None]] = {}
 
 
 def quilt_paths() -> tuple[Path, Path]:
@@ -364,8 +311,8 @@ def quilt_paths() -> tuple[Path, Path]:
 
 def _quick_client() -> Any:
     """A client for health checks: explicit short timeouts, few retries (never blocks long)."""
-    return _thread_client("quick", botocore.config.Config(
-        retries={"mode": "standard", "max_attempts": 2}, connect_timeout=5, read_timeout=10))
+    return settings.thread_client("quick", retries={"mode": "standard", "max_attempts": 2},
+                                  connect_timeout=5, read_timeout=10)
 
 
 def registry_problem(bucket: str) -> tuple[str, str] | None:
@@ -398,19 +345,20 @@ def bucket_versioning(bucket: str, *, max_age_s: float = _VERSIONING_TTL_S) -> s
     PermanentError when it cannot be read.
     """
     now = time.monotonic()
-    hit = _versioning_cache.get(bucket)
+    cache, key = settings.versioning_cache(), (settings.active().identity(bucket), bucket)
+    hit = cache.get(key)
     if hit is not None and now - hit[0] < max_age_s:
         return hit[1]
     with mapped_errors(f"reading versioning of bucket {bucket}"):
         status = _quick_client().get_bucket_versioning(Bucket=bucket).get("Status")
     if status == "Enabled":  # anything else is read afresh each time: it may get fixed
-        _versioning_cache[bucket] = (now, status)
+        cache[key] = (now, status)
     else:
-        _versioning_cache.pop(bucket, None)
+        cache.pop(key, None)
     return status
 
 
-def unpinned_keys(entries: Mapping[str, BaseEntry]) -> list[str]:
+def unpinned_keys(entries: Mapping[str, Entry]) -> list[str]:
     """Logical keys whose physical key carries no usable versionId."""
     out = []
     for lk, e in entries.items():

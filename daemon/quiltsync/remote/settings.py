@@ -1,21 +1,75 @@
-"""The process environment quilt3 and botocore read, set in one place.
+"""Process-global S3 and quilt3 set-up, in one place, with a reset for tests.
 
-quilt3 reads some variables at import time (FACTS.md): usage metrics must be off
-before ``import quilt3`` (this machine, and many users', reach no telemetry
-host), and ``QUILT_MINIMIZE_STDOUT`` must be exactly ``true`` to silence tqdm.
-botocore's standard retry mode retries throttling, 5xx and connection errors
-with backoff; quilt3 builds its own clients from the same environment.
+Everything process-wide that the registry boundary needs lives here:
+
+- the environment quilt3 reads at import time (FACTS.md): usage metrics off
+  before ``import quilt3`` (no telemetry host is contacted), ``QUILT_MINIMIZE_STDOUT``
+  exactly ``true`` (no tqdm bars), botocore's standard retry mode;
+- quilt3's ``print()``s shadowed in quilt3's own modules (not by swapping
+  ``sys.stdout``, which is process-wide and not thread-safe);
+- the *active* ``S3Settings`` (endpoint, region): passed explicitly to every
+  boto3 client, ours and quilt3's (through quilt3's build-client hook), never
+  through ``os.environ``;
+- the client caches, keyed by the settings they were built for, so a reload
+  to another endpoint can never reuse a client of the old one.
+
+``activate(settings)`` is called once at start (and by a reload, while no push is
+in flight); ``reset()`` puts everything back, for tests.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_MAX_ATTEMPTS = 10
+DEFAULT_REGION = "us-east-1"
+CLIENT_TTL_S = 900.0
+# Folders the daemon pushes at once (service/daemon.py's push pool): the pool size above.
+PARALLEL_PUSHES = 4
 
 
-def prepare() -> None:
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """Where S3 is: the endpoint (None: AWS) and the region."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    @property
+    def region_name(self) -> str:
+        return self.region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+    def identity(self, bucket: str) -> str:
+        """A registry's identity: the same bucket name on two endpoints is two registries."""
+        return f"s3://{bucket}" if self.endpoint_url is None else f"s3://{bucket} at {self.endpoint_url}"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"region_name": self.region_name}
+        if self.endpoint_url:
+            kw["endpoint_url"] = self.endpoint_url
+        return kw
+
+
+@dataclass(slots=True)
+class _State:
+    active: S3Settings
+    quilt3_ready: bool = False
+    # (settings, purpose, thread id) -> client; (settings, signature, pool) -> (built at, client)
+    clients: dict[tuple[Any, ...], Any] | None = None
+    quilt3_clients: dict[tuple[Any, ...], tuple[float, Any]] | None = None
+    versioning: dict[tuple[str, str], tuple[float, str | None]] | None = None
+
+
+_lock = threading.Lock()
+_state = _State(S3Settings(), clients={}, quilt3_clients={}, versioning={})
+
+
+def prepare_environment() -> None:
     """Set what must be set before quilt3 is imported (idempotent)."""
     os.environ["QUILT_DISABLE_USAGE_METRICS"] = "1"
     os.environ["QUILT_MINIMIZE_STDOUT"] = "true"
@@ -30,23 +84,108 @@ def max_attempts() -> int:
         return DEFAULT_MAX_ATTEMPTS
 
 
-def configure_s3(endpoint_url: str | None, region: str | None) -> None:
-    """Point boto3 (ours and quilt3's) at the configured endpoint and region."""
-    if endpoint_url:
-        os.environ["AWS_ENDPOINT_URL_S3"] = endpoint_url
-    if region:
-        os.environ["AWS_DEFAULT_REGION"] = region
-    else:
-        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+def activate(settings: S3Settings) -> None:
+    """Make ``settings`` the process's S3; clients of other settings are dropped."""
+    with _lock:
+        if settings != _state.active:
+            _state.active = settings
+            _clear_caches()
 
 
-def silence_quilt3_prints() -> None:
-    """quilt3 print()s progress lines to stdout, where our results go.
+def active() -> S3Settings:
+    return _state.active
 
-    A module-level ``print`` shadows the builtin for that module only, so this
-    silences quilt3 without swapping sys.stdout (which is process-wide and not
-    thread-safe).
+
+def reset() -> None:
+    """Back to the default settings with empty caches (tests)."""
+    with _lock:
+        _state.active = S3Settings()
+        _clear_caches()
+
+
+def _clear_caches() -> None:
+    _state.clients = {}
+    _state.quilt3_clients = {}
+    _state.versioning = {}
+
+
+def import_quilt3() -> None:
+    """Import quilt3 with its environment set, silence its prints, install the client hook."""
+    if _state.quilt3_ready:
+        return
+    prepare_environment()
+    import quilt3.hooks
+
+    _silence_quilt3_prints()
+    quilt3.hooks.set_build_s3_client_hook(_build_quilt3_client)
+    _state.quilt3_ready = True
+
+
+def client_config(**overrides: Any) -> Any:
+    """botocore's standard retries, explicit timeouts, a pool as large as quilt3's transfers.
+
+    quilt3 runs QUILT_TRANSFER_MAX_CONCURRENCY (default 10) transfer threads per push, and
+    all of them, in every folder the daemon pushes at once (its push pool), share the one
+    client ``_build_quilt3_client`` caches: a smaller pool logs urllib3's "Connection pool
+    is full, discarding connection" and reconnects for every request beyond it.
     """
+    import botocore.config
+
+    transfer = sys.modules.get("quilt3.data_transfer")
+    per_push = getattr(transfer, "MAX_CONCURRENCY", None) or 10
+    base: dict[str, Any] = {
+        "retries": {"mode": "standard", "max_attempts": max_attempts()},
+        "connect_timeout": 10,
+        "read_timeout": 60,
+        "max_pool_connections": PARALLEL_PUSHES * per_push + 10,
+    }
+    return botocore.config.Config(**{**base, **overrides})
+
+
+def thread_client(purpose: str, **config: Any) -> Any:
+    """One boto3 S3 client per thread, purpose and active settings (~0.2 s to build)."""
+    import boto3
+
+    settings = _state.active
+    key = (settings, purpose, threading.get_ident())
+    clients = _state.clients
+    assert clients is not None
+    client = clients.get(key)
+    if client is None:
+        client = boto3.session.Session().client("s3", config=client_config(**config),
+                                                **settings.client_kwargs())
+        clients[key] = client
+    return client
+
+
+def versioning_cache() -> dict[tuple[str, str], tuple[float, str | None]]:
+    cache = _state.versioning
+    assert cache is not None
+    return cache
+
+
+def _build_quilt3_client(build: Any, session: Any, client_kwargs: dict[str, Any], **kwargs: Any) -> Any:
+    """quilt3 builds a new boto3 client (~0.2 s) for every operation; reuse them for a
+    while, with our retry mode, timeouts, pool size and the active endpoint."""
+    settings = _state.active
+    config = (client_kwargs.get("config") or client_config()).merge(client_config())
+    key = (settings, str(getattr(config, "signature_version", None)))
+    now = time.monotonic()
+    cache = _state.quilt3_clients
+    assert cache is not None
+    with _lock:
+        hit = cache.get(key)
+        if hit is not None and now - hit[0] < CLIENT_TTL_S:
+            return hit[1]
+    client = build(session, {**client_kwargs, **settings.client_kwargs(), "config": config}, **kwargs)
+    with _lock:
+        cache[key] = (now, client)
+    return client
+
+
+def _silence_quilt3_prints() -> None:
+    """quilt3 print()s progress lines to stdout, where our results go: a module-level
+    ``print`` shadows the builtin for that module only."""
     for name, mod in list(sys.modules.items()):
         if (name == "quilt3" or name.startswith("quilt3.")) and mod is not None:
             mod.print = _no_print  # type: ignore[attr-defined]

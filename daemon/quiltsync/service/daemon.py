@@ -1,11 +1,18 @@
-"""`quiltsync run`: watch, debounce, reconcile, push; speak systemd's notify protocol.
+"""`quiltsync run`: the service shell around the scheduler and the push pipeline.
 
-One main thread owns all state. Everything else talks to it through one
-``queue.SimpleQueue`` (whose put() is safe from signal handlers): watchdog's
-thread posts changes, push workers post results, signal handlers post signals.
-The loop waits on the queue with a timeout set by the next deadline (a due push,
-a watchdog ping, a periodic rescan, a root check); it never polls in a busy loop.
-Pushes run on a thread pool: one push per folder at a time, folders in parallel.
+The decisions (what is due, backoff, holds, reload generations) are made by
+``core.schedule.Scheduler``, a pure object; this module only feeds it events and
+carries out what it says. One main thread owns all state. Everything else talks
+to it through one ``queue.SimpleQueue`` (whose put() is safe from signal
+handlers): watchdog's thread posts changes, push workers post results, signal
+handlers post signals. The loop waits on the queue with a timeout set by the
+next deadline; it never polls in a busy loop.
+
+Owners: the daemon holds ``state_dir``'s lock for its whole life (a second
+daemon exits at once), opens the one ``Index`` of the process (shared by every
+folder's pusher and by health recording, one SQLite connection per thread),
+and activates the S3 settings. A reload that moves the S3 endpoint waits until
+no push is in flight, then treats every folder as new on that registry.
 """
 
 from __future__ import annotations
@@ -21,37 +28,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quiltsync.remote import settings as quilt_env
 from quiltsync.config import Config, FolderConfig, load_config
-from quiltsync.core.debounce import Batch, Debouncer
-from quiltsync.errors import ConfigError, PushRefused, QuiltsyncError
+from quiltsync.core.schedule import Failed, Pushed, Refused, Scheduler, Start, Timing
+from quiltsync.core.types import PushResult
+from quiltsync.errors import ConfigError, NotVersioned, PermanentError, PushRefused, QuiltsyncError
 from quiltsync.local.index import Index
-from quiltsync.logs import get_logger
-from quiltsync.service.notify import Notifier
+from quiltsync.local.locks import DaemonLock
 from quiltsync.local.scanner import make_ignore_spec
+from quiltsync.logs import get_logger
+from quiltsync.remote import settings as s3settings
+from quiltsync.service.notify import Notifier
 
 DRAIN_SECONDS = 60.0  # SIGTERM: finish and push pending changes for at most this long
 ROOT_CHECK_SECONDS = 5.0  # how often roots are checked for vanishing or coming back
+HOLD_POLL_SECONDS = 1.0  # while a folder is held: how often the index is asked for a release
 BACKOFF_CAP_SECONDS = 300.0
+
+PusherFactory = Callable[[FolderConfig, Index], Any]
+
+
+def _real_pusher(folder: FolderConfig, index: Index) -> Any:
+    from quiltsync.engine.pusher import FolderPusher
+
+    return FolderPusher(folder, index)
 
 
 @dataclass(slots=True)
-class _FolderState:
+class _Folder:
     config: FolderConfig
     pusher: Any  # FolderPusher
+    generation: int
     watching: bool = False
     root_problem: str | None = None
-    failures: int = 0
     last_push: float | None = None  # wall time
     last_top_hash: str | None = None
-    in_flight: Future | None = None
-    batch: Batch | None = None
-    problem: str | None = None
 
 
 @dataclass(slots=True)
 class _Msg:
-    kind: str  # change | overflow | signal | done
+    kind: str  # change | overflow | signal | done | health
     package: str | None = None
     path: str | None = None
     value: Any = None
@@ -63,33 +78,53 @@ class Daemon:
     config: Config
     notifier: Notifier = field(default_factory=Notifier)
     clock: Callable[[], float] = time.monotonic
+    pusher_factory: PusherFactory = _real_pusher
+    watch: bool = True  # in-process tests run without inotify and feed changes themselves
+    health_checks: bool = True
 
     def __post_init__(self) -> None:
-        self.log = get_logger("quiltsync.service.daemon")
+        self.log = get_logger("quiltsync.daemon")
         self.inbox: queue.SimpleQueue[_Msg] = queue.SimpleQueue()
-        self.debouncer = Debouncer()
-        self.folders: dict[str, _FolderState] = {}
+        self.schedule = Scheduler(backoff_cap=BACKOFF_CAP_SECONDS)
+        self.folders: dict[str, _Folder] = {}
+        self.running: dict[str, tuple[Start, Future[PushResult], _Folder]] = {}
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="push")
         self.stopping = False
+        self.index: Index | None = None
+        self._lock = DaemonLock(self.config.daemon.state_dir)
+        self._pending_reload: Config | None = None
         self._next_ping = 0.0
         self._next_rescan = 0.0
         self._next_root_check = 0.0
         self._next_health = 0.0
+        self._next_hold_poll = 0.0
         self._watcher: Any = None
         self.health_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
         self._health_running = False
         self.health: dict[tuple[str, str], Any] = {}  # (check, target) -> CheckResult
         self.metrics: Any = None
-        self._health_index: Index | None = None  # where health is recorded for `quiltsync status`
 
-    # -- life cycle ---------------------------------------------------------------
+    # -- life cycle -------------------------------------------------------------------
     def run(self) -> int:
-        from quiltsync.local.watcher import Watcher
+        self.start()
+        try:
+            while not self.stopping:
+                self.step()
+        finally:
+            self.shutdown()
+        return 0
 
-        quilt_env.configure_s3(self.config.s3.endpoint_url, self.config.s3.region)
+    def start(self) -> None:
+        """Take the state dir, open the index, watch and schedule every folder."""
+        self._lock.acquire()  # a second daemon on this state_dir stops here (AlreadyRunning)
+        self.index = Index(self.config.daemon.state_dir / "index.sqlite3")
+        s3settings.activate(_s3(self.config))
         self._install_signals()
-        self._watcher = Watcher(self._on_change, self._on_overflow)
-        self._watcher.start()
+        if self.watch:
+            from quiltsync.local.watcher import Watcher
+
+            self._watcher = Watcher(self._on_change, self._on_overflow)
+            self._watcher.start()
         self.log.info("daemon.started", pid=os.getpid(), config=str(self.config_path),
                       folders=len(self.config.folder))
         self._start_metrics()
@@ -98,43 +133,43 @@ class Daemon:
         now = self.clock()
         self._next_rescan = now + self.config.daemon.rescan_interval_seconds
         self._next_root_check = now + ROOT_CHECK_SECONDS
+        if not self.health_checks:
+            self._next_health = math.inf
         self.notifier.ready(self._status_line())
-        try:
-            self._loop()
-        finally:
-            self._shutdown()
-        return 0
 
     def _install_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda signum, _frame: self.inbox.put(_Msg("signal", value=signum)))
 
-    def _loop(self) -> None:
-        while not self.stopping:
-            now = self.clock()
-            self._start_due_pushes(now)
-            timeout = self._next_wakeup(now) - now
+    def step(self, max_wait: float | None = None) -> None:
+        """One round: start what is due, wait for a message or the next deadline, handle it."""
+        now = self.clock()
+        self._start_due(now)
+        timeout = self._next_wakeup(now) - now
+        if max_wait is not None:
+            timeout = min(timeout, max_wait)
+        try:
+            msg: _Msg | None = self.inbox.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            msg = None
+        while msg is not None:  # and whatever queued meanwhile, before deciding again
+            self._handle(msg)
             try:
-                msg = self.inbox.get(timeout=max(0.0, timeout))
+                msg = self.inbox.get_nowait()
             except queue.Empty:
                 msg = None
-            if msg is not None:
-                self._handle(msg)
-                while True:  # drain what queued meanwhile before deciding again
-                    try:
-                        self._handle(self.inbox.get_nowait())
-                    except queue.Empty:
-                        break
-            self._timers(self.clock())
-            self._update_gauges()
+        self._timers(self.clock())
+        self._update_gauges()
 
     def _next_wakeup(self, now: float) -> float:
         times = [self._next_rescan, self._next_root_check, self._next_health]
-        deadline = self.debouncer.next_deadline()
+        deadline = self.schedule.next_deadline()
         if deadline is not None:
             times.append(deadline)
         if self.notifier.watchdog_interval:
             times.append(self._next_ping)
+        if any(self.schedule.held(p) for p in self.folders):
+            times.append(self._next_hold_poll)
         return min(times)
 
     def _timers(self, now: float) -> None:
@@ -145,34 +180,43 @@ class Daemon:
         if now >= self._next_rescan:
             self._next_rescan = now + self.config.daemon.rescan_interval_seconds
             for pkg in self.folders:
-                self.debouncer.note(pkg, now, None, urgent=True)
+                self.schedule.note(pkg, now, None, urgent=True)
         if now >= self._next_root_check:
             self._next_root_check = now + ROOT_CHECK_SECONDS
             self._check_roots(now)
+        if now >= self._next_hold_poll:
+            self._next_hold_poll = now + HOLD_POLL_SECONDS
+            self._poll_holds(now)
         if now >= self._next_health:
             self._next_health = now + self.config.daemon.health_interval_seconds
             self._start_health()
+        if self._pending_reload is not None and not self.running:
+            self._apply_reload(self._pending_reload)
 
-    # -- messages -----------------------------------------------------------------
+    # -- messages ---------------------------------------------------------------------
     def _on_change(self, package: str, path: str | None) -> None:  # watchdog's thread
         self.inbox.put(_Msg("change", package, path))
 
     def _on_overflow(self, path: str | None) -> None:  # watchdog's thread
         self.inbox.put(_Msg("overflow", path=path))
 
+    def post_change(self, package: str, path: str | None) -> None:
+        """A change, as the watcher reports it (also for in-process tests)."""
+        self._on_change(package, path)
+
     def _handle(self, msg: _Msg) -> None:
         now = self.clock()
         if msg.kind == "change" and msg.package in self.folders:
-            self.debouncer.note(msg.package, now, msg.path)
+            self.schedule.note(msg.package, now, msg.path)
         elif msg.kind == "overflow":
             pkgs = [p for p, st in self.folders.items()
                     if msg.path is None or str(st.config.path) == msg.path]
             for pkg in pkgs or list(self.folders):
                 self.log.warning("watch.overflow", package=pkg,
                                  detail="kernel event queue overflowed; events lost, rescanning")
-                self.debouncer.note(pkg, now, None, urgent=True)
+                self.schedule.note(pkg, now, None, urgent=True)
         elif msg.kind == "done":
-            self._push_done(msg.package or "", msg.value, now)
+            self._push_done(msg.package or "", now)
         elif msg.kind == "health":
             self._health_done(msg.value, now)
         elif msg.kind == "signal":
@@ -181,28 +225,30 @@ class Daemon:
             else:
                 self.stopping = True
 
-    # -- folders ------------------------------------------------------------------
+    # -- folders -----------------------------------------------------------------------
     def _add_folder(self, f: FolderConfig) -> None:
-        from quiltsync.engine.pusher import FolderPusher
-
-        index = Index(self.config.daemon.state_dir / "index.sqlite3")  # one connection per folder
-        self.folders[f.package] = _FolderState(f, FolderPusher(f, index))
-        self.debouncer.configure(f.package, f.settle_seconds, f.max_delay_seconds)
-        self._try_watch(self.folders[f.package])
-        # start-up reconcile: stat-compare with the index, push differences
-        self.debouncer.note(f.package, self.clock(), None, urgent=True)
+        assert self.index is not None
+        generation = self.schedule.configure(f.package, Timing(f.settle_seconds, f.max_delay_seconds),
+                                             self.clock())
+        old = self.folders.get(f.package)
+        st = _Folder(f, self.pusher_factory(f, self.index), generation)
+        if old is not None:
+            st.last_push, st.last_top_hash = old.last_push, old.last_top_hash
+        self.folders[f.package] = st
+        self._try_watch(st)
 
     def _remove_folder(self, package: str) -> None:
-        st = self.folders.pop(package, None)
+        self.folders.pop(package, None)
         if self.metrics is not None:
             self.metrics.forget(package)
-        self.debouncer.forget(package)
+        self.schedule.remove(package)
         if self._watcher is not None:
             self._watcher.unwatch(package)
-        if st is not None and st.in_flight is None:
-            st.pusher.index.close()
 
-    def _try_watch(self, st: _FolderState) -> None:
+    def _try_watch(self, st: _Folder) -> None:
+        if self._watcher is None:
+            st.watching = st.config.path.is_dir()
+            return
         from quiltsync.local.watcher import installed_watches
 
         before = installed_watches()
@@ -232,73 +278,71 @@ class Daemon:
             elif not st.watching:
                 self._try_watch(st)
                 if st.watching:  # came back: whatever happened meanwhile is reconciled
-                    self.debouncer.note(pkg, now, None, urgent=True)
+                    self.schedule.note(pkg, now, None, urgent=True)
 
-    # -- pushes -------------------------------------------------------------------
-    def _start_due_pushes(self, now: float) -> None:
+    def _poll_holds(self, now: float) -> None:
+        """An operator releases a hold from another process (`push --allow-deletes`)."""
+        held = [p for p in self.folders if self.schedule.held(p)]
+        if not held or self.index is None:
+            return
+        recorded = self.index.holds()
+        for pkg in held:
+            if pkg not in recorded and self.schedule.release(pkg, now):
+                self.log.info("push.released", package=pkg, detail="the hold was released; pushing again")
+
+    # -- pushes -------------------------------------------------------------------------
+    def _start_due(self, now: float) -> None:
         if self.stopping:
             return
-        for pkg in self.debouncer.due(now):
-            st = self.folders.get(pkg)
-            if st is None or st.in_flight is not None:
+        for start in self.schedule.due(now):
+            st = self.folders.get(start.package)
+            if st is None:  # removed meanwhile: nothing to push
+                self.schedule.finished(start.package, start.generation, now, Pushed())
                 continue
-            overdue = self.debouncer.overdue(pkg, now)
-            batch = self.debouncer.take(pkg)
-            st.batch = batch
-            paths = None if batch is None or batch.full else set(batch.paths)
-            st.in_flight = self.pool.submit(self._push_job, st, defer_moving=not overdue, paths=paths)
-            st.in_flight.add_done_callback(
-                lambda fut, pkg=pkg: self.inbox.put(_Msg("done", pkg, value=fut)))
+            paths = None if start.batch.full else set(start.batch.paths)
+            fut = self.pool.submit(st.pusher.push, defer_moving=not start.overdue, paths=paths)
+            self.running[start.package] = (start, fut, st)
+            fut.add_done_callback(lambda _f, pkg=start.package: self.inbox.put(_Msg("done", pkg)))
 
-    @staticmethod
-    def _push_job(st: _FolderState, *, defer_moving: bool, paths: set[str] | None = None) -> Any:
-        return st.pusher.push(defer_moving=defer_moving, paths=paths)
-
-    def _push_done(self, package: str, fut: Future, now: float) -> None:
-        st = self.folders.get(package)
-        if st is None:
-            return
-        batch, st.in_flight, st.batch = st.batch, None, None
+    def _push_done(self, package: str, now: float) -> None:
+        start, fut, st = self.running.pop(package)
         try:
             result = fut.result()
-        except QuiltsyncError as e:  # refused, permanent, transient, conflicts that kept moving
-            st.problem = str(e)
-            st.failures += 1
-            # a refusal was logged as push.refused by the pusher, with its reason
-            self._retry_later(st, now, str(e), log=not isinstance(e, PushRefused))
+        except Exception as e:  # noqa: BLE001 - every failure is scheduled; bugs keep their traceback
+            self._push_failed(start, st, e, now)
             return
-        except Exception as e:  # a bug: log it with its traceback, keep the daemon alive
-            self.log.exception("push.failed", package=package, error=f"{type(e).__name__}: {e}")
-            st.failures += 1
-            self._retry_later(st, now, str(e), log=False)
-            return
-        st.failures, st.problem = 0, None
-        self.debouncer.release(package)
+        self.schedule.finished(package, start.generation, now, Pushed(bool(result.changed_during_push)))
         if self.metrics is not None:
             self.metrics.push_done(package, result)
         if result.top_hash:
             st.last_top_hash = result.top_hash
         if result.pushed:
             st.last_push = time.time()
-        if result.changed_during_push:
-            self.debouncer.note(package, now, None)
-        if batch is not None and batch.full:
+        if start.batch.full:
             self.log.info("rescan.completed", package=package, files=result.files,
                           pushed=result.pushed, top_hash=result.top_hash)
         self.notifier.status(self._status_line())
 
-    def _retry_later(self, st: _FolderState, now: float, error: str, *, log: bool = True) -> None:
-        delay = min(BACKOFF_CAP_SECONDS, 2.0 ** min(st.failures - 1, 16))
+    def _push_failed(self, start: Start, st: _Folder, e: Exception, now: float) -> None:
+        package = start.package
+        if isinstance(e, PushRefused) and not isinstance(e, NotVersioned):
+            # logged as push.refused by the pusher, with its reason; held until a change or a release
+            self.schedule.finished(package, start.generation, now, Refused(str(e)))
+            self.notifier.status(self._status_line())
+            return
+        if not isinstance(e, QuiltsyncError):
+            self.log.exception("push.failed", package=package, error=f"{type(e).__name__}: {e}")
+        permanent = isinstance(e, (PermanentError, NotVersioned))
+        retry = self.schedule.finished(package, start.generation, now, Failed(str(e), permanent))
         if self.metrics is not None:
-            self.metrics.push_failed(st.config.package)
-        if log:
-            self.log.warning("push.failed", package=st.config.package, registry=st.config.registry,
-                             error=error, attempt=st.failures, retry_in_s=delay)
-        self.debouncer.note(st.config.package, now, None, urgent=True)
-        self.debouncer.hold_until(st.config.package, now + delay)
+            self.metrics.push_failed(package)
+        if retry is not None and retry.report and isinstance(e, QuiltsyncError) \
+                and not isinstance(e, NotVersioned):
+            self.log.warning("push.failed", package=package, registry=st.config.registry, error=str(e),
+                             attempt=retry.attempt, retry_in_s=retry.delay, permanent=permanent)
         self.notifier.status(self._status_line())
 
-    # -- metrics ------------------------------------------------------------------
+    # -- metrics ------------------------------------------------------------------------
     def _start_metrics(self) -> None:
         address = self.config.daemon.metrics_address
         if not address:
@@ -319,25 +363,26 @@ class Daemon:
         if self.metrics is None:
             return
         for pkg, st in self.folders.items():
-            batch = self.debouncer.pending(pkg)
+            batch = self.schedule.pending(pkg)
             self.metrics.pending.labels(pkg).set(0 if batch is None else max(1, batch.size))
             if st.last_push:
                 self.metrics.last_push.labels(pkg).set(st.last_push)
 
-    # -- health -------------------------------------------------------------------
+    # -- health -------------------------------------------------------------------------
     def _start_health(self) -> None:
         """Network checks run on their own thread with short timeouts: never in the loop."""
         if self._health_running:
             return
-        from quiltsync.service.health import run_all
         from quiltsync.local.watcher import installed_watches
+        from quiltsync.service.health import run_all
 
         self._health_running = True
         config = self.config
-        fut = self.health_pool.submit(lambda: run_all(config, installed_watches=installed_watches))
+        count = installed_watches if self._watcher is not None else None
+        fut = self.health_pool.submit(lambda: run_all(config, installed_watches=count))
         fut.add_done_callback(lambda f: self.inbox.put(_Msg("health", value=f)))
 
-    def _health_done(self, fut: Future, now: float) -> None:
+    def _health_done(self, fut: Future[Any], now: float) -> None:
         from quiltsync.service.health import CheckResult
 
         self._health_running = False
@@ -347,48 +392,43 @@ class Daemon:
             results = [CheckResult("registry", "health checks", "fail", f"{type(e).__name__}: {e}")]
         results += self._stuck_checks(now)
         for r in results:
-            key = (r.check, r.target)
-            previous = self.health.get(key)
-            if r.status == "ok":
-                if previous is None or previous.status != "ok":
-                    self.log.info("health.ok", check=r.check, target=r.target, detail=r.detail)
-            else:
-                log = self.log.error if r.status == "fail" else self.log.warning
-                log("health.failed", check=r.check, target=r.target, detail=r.detail, severity=r.status)
-            self.health[key] = r
-            if self.metrics is not None:
-                from quiltsync.service.metrics import HEALTH_VALUE
-
-                self.metrics.health.labels(r.check, r.target).set(HEALTH_VALUE[r.status])
+            self._record_health(r)
         try:
-            self._recorder().write_health(
+            assert self.index is not None
+            self.index.write_health(
                 [(r.check, r.target, r.status, r.detail) for r in self.health.values()], time.time())
         except Exception as e:  # noqa: BLE001 - status is best effort; never stop the daemon
             self.log.warning("health.record_failed", error=str(e))
         self.notifier.status(self._status_line())
+
+    def _record_health(self, r: Any) -> None:
+        key = (r.check, r.target)
+        previous = self.health.get(key)
+        if r.status == "ok":
+            if previous is None or previous.status != "ok":
+                self.log.info("health.ok", check=r.check, target=r.target, detail=r.detail)
+        else:
+            log = self.log.error if r.status == "fail" else self.log.warning
+            log("health.failed", check=r.check, target=r.target, detail=r.detail, severity=r.status)
+        self.health[key] = r
+        if self.metrics is not None:
+            from quiltsync.service.metrics import HEALTH_VALUE
+
+            self.metrics.health.labels(r.check, r.target).set(HEALTH_VALUE[r.status])
 
     def _stuck_checks(self, now: float) -> list[Any]:
         from quiltsync.service.health import CheckResult
 
         out = []
         for pkg, st in self.folders.items():
-            batch = self.debouncer.pending(pkg)
-            waited = now - batch.first if batch is not None else 0.0
-            bound = 3 * st.config.max_delay_seconds + 60
-            if st.failures >= 5 or waited > bound:
-                why = (f"pushes failing {st.failures} times in a row: {st.problem or st.root_problem}"
-                       if st.failures >= 5 else f"changes pending for {waited:.0f}s (bound {bound:.0f}s)")
-                out.append(CheckResult("stuck", pkg, "fail", why))
-            else:
-                out.append(CheckResult("stuck", pkg, "ok", "changes flow"))
+            why = self.schedule.stuck(now, pkg, st.config.max_delay_seconds)
+            if why is not None and st.root_problem and why.startswith("pushes failing"):
+                why += f" ({st.root_problem})"
+            out.append(CheckResult("stuck", pkg, "fail", why) if why else
+                       CheckResult("stuck", pkg, "ok", "changes flow"))
         return out
 
-    def _recorder(self) -> Index:
-        if self._health_index is None:
-            self._health_index = Index(self.config.daemon.state_dir / "index.sqlite3")
-        return self._health_index
-
-    # -- reload and stop ------------------------------------------------------------
+    # -- reload and stop ------------------------------------------------------------------
     def _reload(self) -> None:
         self.notifier.reloading()
         try:
@@ -397,40 +437,53 @@ class Daemon:
             self.log.error("daemon.reload_failed", error=str(e), detail="keeping the running config")
             self.notifier.ready(self._status_line())
             return
+        if _s3(new) != _s3(self.config) and self.running:
+            # Entries of one endpoint are not valid on another: let in-flight pushes end first.
+            self.log.info("daemon.reload_waiting", pushes_in_flight=sorted(self.running),
+                          detail="the S3 endpoint changes; waiting for pushes in flight")
+            self._pending_reload = new
+            self.schedule.pause()
+            return
+        self._apply_reload(new)
+
+    def _apply_reload(self, new: Config) -> None:
+        self._pending_reload = None
+        self.schedule.resume()
+        moved = _s3(new) != _s3(self.config)
         old = {f.package: f for f in self.config.folder}
         fresh = {f.package: f for f in new.folder}
         removed = sorted(set(old) - set(fresh))
         added = sorted(set(fresh) - set(old))
-        changed = sorted(p for p in set(old) & set(fresh) if old[p] != fresh[p])
+        changed = sorted(p for p in set(old) & set(fresh) if moved or old[p] != fresh[p])
         self.config = new
-        quilt_env.configure_s3(new.s3.endpoint_url, new.s3.region)
-        for p in removed + changed:
+        s3settings.activate(_s3(new))
+        for p in removed:
             self._remove_folder(p)
         for p in changed + added:
             self._add_folder(fresh[p])
         self.log.info("daemon.reloaded", added=added, removed=removed, changed=changed,
-                      folders=len(self.folders))
+                      folders=len(self.folders), s3_changed=moved)
         self.notifier.ready(self._status_line())
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
         self.notifier.stopping()
-        pending = sorted(p for p in self.folders if self.debouncer.pending(p) is not None)
+        pending = sorted(p for p in self.folders if self.schedule.pending(p) is not None)
         self.log.info("daemon.stopping", pending=pending, drain_seconds=DRAIN_SECONDS)
         if self._watcher is not None:
             self._watcher.stop()
         deadline = self.clock() + DRAIN_SECONDS
-        for st in self.folders.values():  # finish the pushes in flight
-            if st.in_flight is not None:
-                try:
-                    st.in_flight.result(timeout=max(0.0, deadline - self.clock()))
-                except Exception:  # noqa: BLE001 - reported by the push itself
-                    pass
+        for _start, fut, _st in list(self.running.values()):  # finish the pushes in flight
+            try:
+                fut.result(timeout=max(0.0, deadline - self.clock()))
+            except Exception:  # noqa: BLE001 - reported by the push itself
+                pass
         for pkg in pending:  # then push what was still pending, within the bound
-            st = self.folders[pkg]
             if self.clock() >= deadline:
                 self.log.warning("daemon.drain_timeout", package=pkg)
                 continue
-            fut = self.pool.submit(self._push_job, st, defer_moving=False)
+            if self.schedule.held(pkg):
+                continue
+            fut = self.pool.submit(self.folders[pkg].pusher.push, defer_moving=False)
             try:
                 fut.result(timeout=max(0.0, deadline - self.clock()))
             except Exception as e:  # noqa: BLE001
@@ -439,21 +492,25 @@ class Daemon:
         self.health_pool.shutdown(wait=False, cancel_futures=True)
         if self.metrics is not None:
             self.metrics.stop()
-        for st in self.folders.values():
-            st.pusher.index.close()
-        if self._health_index is not None:
-            self._health_index.close()
+        if self.index is not None:
+            self.index.close()
+        self._lock.release()
         self.notifier.close()
 
-    # -- status ---------------------------------------------------------------------
+    # -- status -------------------------------------------------------------------------
     def _status_line(self) -> str:
-        pending = sum(1 for p in self.folders if self.debouncer.pending(p) is not None)
-        failing = [p for p, st in self.folders.items() if st.problem or st.root_problem]
+        pending = sum(1 for p in self.folders if self.schedule.pending(p) is not None)
+        failing = [p for p, st in self.folders.items()
+                   if self.schedule.failures(p)[0] or self.schedule.held(p) or st.root_problem]
         failing += sorted({r.check for r in self.health.values() if r.status == "fail"})
         pushes = [st.last_push for st in self.folders.values() if st.last_push]
         age = f"last push {math.floor(time.time() - max(pushes))}s ago" if pushes else "no push yet"
         health = f"{len(failing)} failing: {', '.join(failing)}" if failing else "health ok"
         return f"{len(self.folders)} folders, {pending} pending, {age}, {health}"
+
+
+def _s3(config: Config) -> s3settings.S3Settings:
+    return s3settings.S3Settings(config.s3.endpoint_url, config.s3.region)
 
 
 def run_daemon(config_path: Path, config: Config) -> int:
