@@ -2,7 +2,7 @@
 
 quilt3 reads its cache and data directories at import time, so the XDG
 variables point into a session temp dir before anything imports it: tests never
-touch the user's Quilt cache or credentials.
+touch the user's Quilt cache or credentials. The dir is removed when the session ends.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,12 @@ os.environ["AWS_MAX_ATTEMPTS"] = "3"
 from quiltsync.remote.s3local import LocalS3  # noqa: E402
 
 _bucket_numbers = itertools.count(1)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session dir (quilt3's cache and data dirs of every test) goes with the session:
+    `make test` leaves no quiltsync-tests-* behind in the temp dir."""
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -220,6 +220,30 @@ def test_a_refused_push_holds_the_folder_until_a_change_or_a_release() -> None:
     assert s.held("f") is None and _one(s.due(20_000.0)).batch.urgent
 
 
+def test_a_release_ends_a_backoff_too() -> None:
+    """A held folder woken by a change whose push then failed is due at once when released."""
+    s = _ready(settle=0.0, cap=300.0)
+    s.note("f", 1.0, None, urgent=True)
+    s.finished("f", _one(s.due(1.0)).generation, 1.0, Refused("mass deletion"))
+    s.note("f", 2.0, "a")
+    start = _one(s.due(2.0))
+    s.finished("f", start.generation, 2.0, Failed("denied", True))
+    assert s.held("f") == "mass deletion" and s.next_deadline() == 302.0
+    assert s.release("f", 3.0) and _one(s.due(3.0)).batch.full
+
+
+def test_a_reload_reports_a_lasting_permanent_error_again() -> None:
+    """Reported once per config: after a reload the same permanent error is logged once more."""
+    s = _ready(cap=60.0)
+    s.note("f", 0.0, None, urgent=True)
+    retry = s.finished("f", _one(s.due(0.0)).generation, 0.0, Failed("denied", True))
+    assert retry is not None and retry.report
+    generation = s.configure("f", Timing(2.0, 10.0), 1.0)
+    assert _one(s.due(1.0)).generation == generation
+    retry = s.finished("f", generation, 1.0, Failed("denied", True))
+    assert retry == Retry(60.0, 1, True)
+
+
 def test_outcomes_of_an_older_generation_ask_only_for_a_rescan() -> None:
     """A failure or refusal from before a reload neither backs off nor holds."""
     s = _ready()
@@ -297,7 +321,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.retry_at: dict[str, float] = {}  # retry times handed out (may be stale)
         self.paused = False
 
-    @initialize(cap=st.sampled_from([4.0, 60.0, 300.0]), max_paths=st.integers(1, 8),
+    @initialize(cap=st.sampled_from([1.5, 5.0, 300.0]), max_paths=st.integers(1, 8),
                 timings=st.lists(TIMINGS, min_size=len(PACKAGES), max_size=len(PACKAGES)))
     def setup(self, cap: float, max_paths: int, timings: list[Timing]) -> None:
         """Every package configured at t=0."""
@@ -365,6 +389,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             d.pop(package, None)
         self.woken.discard(package)
         self._noted(package)
+        if package not in self.flying:  # the start-up reconcile is due at once
+            due_at = self.s.due_at(package)
+            assert due_at is not None and due_at <= self.now
         if held_before:
             assert self.s.finished(package, generation, self.now, Refused("unsafe")) is None
             self._refused(package, "unsafe")
@@ -375,7 +402,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self._forget(package)
 
     @rule(package=st.sampled_from(PACKAGES), path=st.none() | st.sampled_from(PATHS),
-          urgent=st.booleans())
+          urgent=st.sampled_from([False, False, False, True]))
     def note(self, package: str, path: str | None, urgent: bool) -> None:
         self.s.note(package, self.now, path, urgent=urgent)
         self._noted(package, path)

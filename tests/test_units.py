@@ -209,11 +209,32 @@ def test_a_quilt3_conflict_becomes_a_push_conflict_without_quilt3s_force_advice(
     quilt3_error = QuiltConflictException(
         f"Package with hash {'a' * 64!r} already exists at the destination; "
         f"expected {'b' * 64!r}. Use force=True (Python) or --force (CLI) to overwrite.")
-    with pytest.raises(PushConflict) as caught:
-        with mapped_errors("pushing team/data to s3://bucket"):
-            raise quilt3_error
+    with pytest.raises(PushConflict) as caught, mapped_errors("pushing team/data to s3://bucket"):
+        raise quilt3_error
     message = str(caught.value)
     assert message.startswith("pushing team/data to s3://bucket: Package with hash")
     assert "a" * 64 in message and "b" * 64 in message
     assert "force" not in message.lower() and "overwrite" not in message
     assert "force" not in describe(quilt3_error).lower()
+
+
+def test_the_demo_removes_the_temp_dir_it_made_and_keeps_a_workdir(tmp_path: Path, monkeypatch) -> None:
+    """`make demo` leaves no quiltsync-demo-* dir in the temp dir, even when it fails; a
+    --workdir belongs to the user and keeps its files."""
+    import tempfile
+
+    from quiltsync.cli.demo import demo_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its mkdtemp lands here, not in /tmp
+    with demo_dir(None) as made:
+        (made / "state").mkdir()
+        (made / "state" / "index.sqlite3").write_text("x")
+    assert made.parent == tmp_path and made.name.startswith("quiltsync-demo-")
+    with pytest.raises(RuntimeError), demo_dir(None) as failed:
+        (failed / "half-written").write_text("x")
+        raise RuntimeError("the demo failed half-way")
+    assert [p.name for p in tmp_path.iterdir()] == []
+    work = tmp_path / "mine"
+    with demo_dir(work) as kept:
+        (kept / "experiments").mkdir()
+    assert kept == work and (work / "experiments").is_dir()

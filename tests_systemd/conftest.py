@@ -13,3 +13,5 @@ _spec.loader.exec_module(fixtures)
 
 local_s3 = fixtures.local_s3
 bucket = fixtures.bucket
+# Importing it made its session temp dir: the hook that removes it is this session's too.
+pytest_sessionfinish = fixtures.pytest_sessionfinish

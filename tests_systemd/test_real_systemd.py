@@ -4,12 +4,14 @@ systemd 252 boots as PID 1 of new pid/mount/cgroup/uts namespaces (FACTS.md);
 the unit from systemd/ is installed with ExecStart pointing at this venv and the
 local S3 (which runs in this process: the network namespace is shared), then
 started, fed a file, reloaded, frozen until the watchdog kills and restarts it,
-and stopped.
+and stopped. A checkout (and its venv) in the temp dir works too: it is bound
+back over the namespaces' own /tmp, and past the unit's PrivateTmp=yes.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -32,15 +34,43 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is 
 # The namespaces share the host's file systems: give the booted systemd its own
 # /tmp, /var/tmp, /run and journal, or systemd-tmpfiles would clean the host's
 # /tmp (seen: it did) and journald would write the host's journal.
-BOOT = """#!/bin/bash
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/run", "/var/log/journal", "/var/lib/systemd")
+# The service's own PrivateTmp=yes hides these two once more (inside the booted systemd).
+SERVICE_PRIVATE_DIRS = ("/tmp", "/var/tmp")
+
+
+def _under(path: Path, dirs: tuple[str, ...]) -> bool:
+    return any(path == Path(d) or Path(d) in path.parents for d in dirs)
+
+
+def hidden_paths(dirs: tuple[str, ...] = PRIVATE_DIRS) -> list[Path]:
+    """The checkout and the Python that runs it (venv, base interpreter) where the tmpfs
+    mounts over ``dirs`` would hide them: a checkout in the temp dir is a normal place."""
+    candidates = [ROOT, Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent]
+    found: list[Path] = []
+    for p in sorted({c.resolve() for c in candidates}, key=lambda c: len(c.parts)):
+        if _under(p, dirs) and not any(k == p or k in p.parents for k in found):
+            found.append(p)
+    return found
+
+
+def boot_script(keep: list[Path]) -> str:
+    """A shell script that mounts the private dirs, then binds each ``keep`` path back into
+    them: an fd opened before the tmpfs goes on still reaches the hidden directory, and
+    ``mount --no-canonicalize`` binds that fd's directory (not the path, now on tmpfs)."""
+    opens = "".join(f"exec {3 + i}<{shlex.quote(str(k))}\n" for i, k in enumerate(keep))
+    binds = "".join(f"mkdir -p {shlex.quote(str(k))}\n"
+                    f"mount --no-canonicalize --bind /proc/self/fd/{3 + i} {shlex.quote(str(k))}\n"
+                    f"exec {3 + i}<&-\n" for i, k in enumerate(keep))
+    return f"""#!/bin/bash
 set -e
 mount --make-rprivate /
 mount -t proc proc /proc
-for d in /tmp /var/tmp /run /var/log/journal /var/lib/systemd; do
+{opens}for d in {" ".join(PRIVATE_DIRS)}; do
   mkdir -p "$d" && mount -t tmpfs -o mode=0755 tmpfs "$d"
 done
 chmod 1777 /tmp /var/tmp
-mkdir -p /run/systemd/system
+{binds}mkdir -p /run/systemd/system
 exec /lib/systemd/systemd --system --unit=multi-user.target
 """
 
@@ -48,7 +78,7 @@ exec /lib/systemd/systemd --system --unit=multi-user.target
 class Systemd:
     def __init__(self, workdir: Path) -> None:
         boot = workdir / "boot.sh"
-        boot.write_text(BOOT)
+        boot.write_text(boot_script(hidden_paths()))
         boot.chmod(0o755)
         self.outer = subprocess.Popen(["unshare", "--pid", "--mount", "--cgroup", "--uts", "--fork", str(boot)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -128,6 +158,8 @@ def test_the_unit_starts_pushes_reloads_survives_a_watchdog_kill_and_stops(syste
     unit = unit.replace("WatchdogSec=60s", "WatchdogSec=4s").replace("RestartSec=10s", "RestartSec=1s")
     unit = unit.replace("[Service]\n", "[Service]\nEnvironment=AWS_ACCESS_KEY_ID=testing "
                         "AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1\n", 1)
+    for path in hidden_paths(SERVICE_PRIVATE_DIRS):  # a checkout in the temp dir, past PrivateTmp=yes
+        unit = unit.replace("[Service]\n", f"[Service]\nBindReadOnlyPaths={path}\n", 1)
     systemd.run("sh", "-c", f"cat > /run/systemd/system/quiltsync.service <<'EOF'\n{unit}\nEOF")
     try:
         systemd.ctl("daemon-reload")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -147,9 +148,9 @@ class Config(_Strict):
         raise ConfigError(f"no folder is configured for package {package!r} (configured: {known})")
 
 
-def find_config_path(cli_value: str | None, env: dict[str, str] | None = None) -> Path:
+def find_config_path(cli_value: str | None, environ: Mapping[str, str] | None = None) -> Path:
     """--config, else $QUILTSYNC_CONFIG, else the per-user or system default."""
-    env = os.environ if env is None else env
+    env: Mapping[str, str] = os.environ if environ is None else environ
     if cli_value:
         return Path(cli_value)
     if env.get("QUILTSYNC_CONFIG"):

@@ -38,7 +38,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if use_json else _keep,
+            structlog.processors.format_exc_info if use_json else _keep,  # type: ignore[list-item]
             renderer,
         ],
     )
@@ -76,7 +76,7 @@ def journal_stream_matches(stream: TextIO) -> bool:
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-class _JournalHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _JournalHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
     """Prefixes each line with ``<N>``, its syslog priority, which journald strips and
     records; ``journalctl -o cat`` then shows plain JSON lines for jq."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -12,6 +11,7 @@ from typing import Any, TextIO
 from quiltsync import logs
 from quiltsync.remote import settings as s3settings
 from quiltsync.config import Config, check_folders_exist, find_config_path, load_config
+from quiltsync.cli.main import report_error
 from quiltsync.errors import QuiltsyncError
 from quiltsync.local.index import Index
 
@@ -60,7 +60,7 @@ def push(ctx: Context, only: str | None, *, allow_deletes: bool = False) -> int:
                     break
         except QuiltsyncError as e:
             failed += 1
-            print(f"quiltsync: error: {e}", file=sys.stderr)
+            report_error(str(e), e.exit_code, package=folder.package)
     return 1 if failed else 0
 
 

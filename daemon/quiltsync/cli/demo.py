@@ -5,15 +5,18 @@ daemon, as a separate process) on a demo folder; a script writes, edits and
 deletes files, and each top_hash is shown as the daemon logs it (only the change
 is uploaded: the request count shows it). Then it stops the daemon, lists the
 history, restores the first revision and shows its old bytes.
-Everything lives in a temporary directory (or --workdir), including quilt3's
-cache, so the user's own Quilt cache and credentials are never touched.
+Everything lives in a temporary directory, removed at the end (or in --workdir,
+kept), including quilt3's cache, so the user's own Quilt cache and credentials are
+never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +24,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +33,31 @@ PACKAGE = "demo/experiments"
 
 
 def run_demo(workdir: Path | None, out: Any) -> int:
-    base = Path(workdir).absolute() if workdir else Path(tempfile.mkdtemp(prefix="quiltsync-demo-"))
-    base.mkdir(parents=True, exist_ok=True)
+    say = _Printer(out)
+    with demo_dir(workdir) as base:
+        code = _run_in(base, say)
+    if workdir is None:
+        say.step(f"removed {base} (pass --workdir DIR to keep the demo's files)")
+    return code
+
+
+@contextlib.contextmanager
+def demo_dir(workdir: Path | None) -> Iterator[Path]:
+    """The demo's directory: ``workdir`` (created if missing, always kept: it is the
+    user's), else a new temp dir that is removed afterwards, also after a failure or ^C."""
+    if workdir is not None:
+        base = Path(workdir).absolute()
+        base.mkdir(parents=True, exist_ok=True)
+        yield base
+        return
+    base = Path(tempfile.mkdtemp(prefix="quiltsync-demo-"))
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _run_in(base: Path, say: _Printer) -> int:
     # Before quilt3 is imported: its cache and config dirs come from these.
     os.environ["XDG_CACHE_HOME"] = str(base / "cache")
     os.environ["XDG_DATA_HOME"] = str(base / "data")
@@ -43,7 +70,6 @@ def run_demo(workdir: Path | None, out: Any) -> int:
     from quiltsync.remote.s3local import LocalS3
 
     logs.configure("warning", "console")
-    say = _Printer(out)
     with LocalS3() as s3:
         s3.create_bucket(BUCKET, versioning=True)
         say.step(f"local S3 on {s3.endpoint_url}, versioned bucket s3://{BUCKET}")

@@ -117,7 +117,7 @@ def report_error(message: str, exit_code: int, *, event: str = "command.failed",
     prefix = ("<3>" if level == "error" else "<4>") if journal_stream_matches(sys.stderr) else ""
     if _json_mode():
         line = json.dumps({
-            "timestamp": dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+            "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
             "level": level, "event": event, **context, "error": message, "exit_code": exit_code,
         }, ensure_ascii=False, default=str)
     elif level == "error":

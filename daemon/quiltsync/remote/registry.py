@@ -93,7 +93,8 @@ def describe(e: BaseException) -> str:
     if isinstance(e, bce.NoCredentialsError):
         return ("no AWS credentials found; provide them through the standard chain "
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role)")
-    return _without_force_advice(f"{type(e).__name__}: {e}".splitlines()[0])
+    text = f"{type(e).__name__}: {e}".splitlines()[0]
+    return _without_force_advice(text) if isinstance(e, QuiltConflictException) else text
 
 
 def _without_force_advice(message: str) -> str:

@@ -82,8 +82,8 @@ def _patch_moto() -> None:
                 headers["content-length"] = str(len(_b(resp)))
             return status, headers, resp
 
-        S3Response._key_response_post = _key_response_post
-        S3Response.upload_part_copy = upload_part_copy
+        S3Response._key_response_post = _key_response_post  # type: ignore[method-assign]
+        S3Response.upload_part_copy = upload_part_copy  # type: ignore[method-assign]
 
         # S3 keys may contain newlines; moto's URL rules use `.`, which does not
         # match one, so such a PUT would 404. Let `.` match every character.
@@ -95,7 +95,7 @@ def _patch_moto() -> None:
             orig_init(self, url_map, *items)
             self.regex = "(?s:" + self.regex + ")"
 
-        utilities.RegexConverter.__init__ = converter_init
+        utilities.RegexConverter.__init__ = converter_init  # type: ignore[method-assign]
         _PATCHED = True
 
 

@@ -302,7 +302,11 @@ class Daemon:
             paths = None if start.batch.full else set(start.batch.paths)
             fut = self.pool.submit(st.pusher.push, defer_moving=not start.overdue, paths=paths)
             self.running[start.package] = (start, fut, st)
-            fut.add_done_callback(lambda _f, pkg=start.package: self.inbox.put(_Msg("done", pkg)))
+            fut.add_done_callback(self._poster(start.package))
+
+    def _poster(self, package: str) -> Callable[[Future[PushResult]], None]:
+        """A done-callback (on the pool's thread) that tells the main loop."""
+        return lambda _fut: self.inbox.put(_Msg("done", package))
 
     def _push_done(self, package: str, now: float) -> None:
         start, fut, st = self.running.pop(package)
