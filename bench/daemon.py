@@ -31,8 +31,8 @@ import threading
 import time
 from pathlib import Path
 
-from benchenv import ROOT, TMP  # noqa: E402,F401  (sets the environment first)
-from quiltsync.remote.s3local import LocalS3  # noqa: E402
+from benchenv import ROOT, TMP  # noqa: F401  (sets the environment first)
+from quiltsync.remote.s3local import LocalS3
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -21,10 +21,11 @@ import statistics
 import time
 from pathlib import Path
 
-from benchenv import ROOT, TMP as _TMP  # noqa: E402,F401  (sets the environment first)
-from quiltsync import logs  # noqa: E402
-from quiltsync.remote import settings as s3settings  # noqa: E402
-from quiltsync.remote.s3local import LocalS3  # noqa: E402
+from benchenv import ROOT  # noqa: F401  (sets the environment first)
+from benchenv import TMP as _TMP
+from quiltsync import logs
+from quiltsync.remote import settings as s3settings
+from quiltsync.remote.s3local import LocalS3
 
 
 def make_folder(path: Path, n: int) -> None:
@@ -50,8 +51,8 @@ def run(s3: LocalS3, n: int, rounds: int) -> int:
     import quilt3
 
     from quiltsync.config import FolderConfig
-    from quiltsync.local.index import Index
     from quiltsync.engine.pusher import FolderPusher
+    from quiltsync.local.index import Index
 
     s3settings.import_quilt3()
     folder = _TMP / "folder"

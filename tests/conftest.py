@@ -81,8 +81,8 @@ class Setup:
         return load_config(self.config_path)
 
     def pusher(self):  # a fresh FolderPusher, as a new process would build it
-        from quiltsync.local.index import Index
         from quiltsync.engine.pusher import FolderPusher
+        from quiltsync.local.index import Index
 
         cfg = self.config()
         return FolderPusher(cfg.folder[0], Index(cfg.daemon.state_dir / "index.sqlite3"))

@@ -143,7 +143,7 @@ class FaultProxy:
             finally:
                 try:
                     dst.close()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
 
         await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))

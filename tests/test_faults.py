@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import Setup, write_config
-from quiltsync.service.daemon import BACKOFF_CAP_SECONDS
 from daemonproc import DaemonProcess, NotifySocket
 from faultproxy import FaultProxy
+from quiltsync.service.daemon import BACKOFF_CAP_SECONDS
 from verify import converged, verify_history
 
 # Short botocore retries so a fault shows within seconds (production keeps 10).

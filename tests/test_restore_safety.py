@@ -14,8 +14,8 @@ def _publish(setup: Setup, local_s3, package: str, keys: list[str]) -> str:
     import base64
     import hashlib
 
-    from quiltsync.core.types import Entry, HashValue
     from quiltsync.core.manifest import top_hash_of
+    from quiltsync.core.types import Entry, HashValue
 
     bucket = setup.registry[5:]
     c = local_s3.client()

@@ -327,7 +327,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         """Every package configured at t=0."""
         self.cap = cap
         self.s = Scheduler(backoff_cap=cap, max_paths=max_paths)
-        for package, timing in zip(PACKAGES, timings):
+        for package, timing in zip(PACKAGES, timings, strict=False):
             self.configure(package, timing)
 
     # -- model helpers ---------------------------------------------------------------------

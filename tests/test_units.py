@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from quiltsync.core.types import RACY_NS, Entry, FileRecord, FileStat, HashValue
-from quiltsync.local.hashing import chunked_sha256
 from quiltsync.core.planner import plan_push
+from quiltsync.core.types import RACY_NS, Entry, FileRecord, FileStat, HashValue
 from quiltsync.engine.restore import unsafe_key
+from quiltsync.local.hashing import chunked_sha256
 from quiltsync.local.scanner import make_ignore_spec, scan_folder
 
 MiB = 1024 * 1024

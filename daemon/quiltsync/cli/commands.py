@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from quiltsync import logs
-from quiltsync.remote import settings as s3settings
-from quiltsync.config import Config, check_folders_exist, find_config_path, load_config
 from quiltsync.cli.main import report_error
+from quiltsync.config import Config, check_folders_exist, find_config_path, load_config
 from quiltsync.errors import QuiltsyncError
 from quiltsync.local.index import Index
+from quiltsync.remote import settings as s3settings
 
 
 @dataclass
@@ -139,8 +139,8 @@ def history(ctx: Context, package: str, *, as_json: bool) -> int:
 
 
 def restore(ctx: Context, package: str, top_hash: str, dest: Path, *, force: bool = False) -> int:
-    from quiltsync.remote.registry import Registry
     from quiltsync.engine.restore import restore as do_restore
+    from quiltsync.remote.registry import Registry
 
     folder = ctx.config.folder_by_package(package)
     report = do_restore(Registry(folder.registry), package, top_hash, dest, force=force)
@@ -194,4 +194,4 @@ def doctor(ctx: Context, *, fix: bool) -> int:
 
 
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -77,9 +77,9 @@ def _run_in(base: Path, say: _Printer) -> int:
 
 
 def _walkthrough(base: Path, s3: Any, say: _Printer) -> int:
+    from quiltsync.engine.restore import restore
     from quiltsync.remote import settings as s3settings
     from quiltsync.remote.registry import Registry
-    from quiltsync.engine.restore import restore
 
     s3settings.activate(s3settings.S3Settings(s3.endpoint_url, "us-east-1"))
     folder = base / "experiments"

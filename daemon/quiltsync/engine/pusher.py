@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quiltsync.config import FolderConfig
+from quiltsync.core.manifest import top_hash_of
 from quiltsync.core.planner import Plan, plan_push
 from quiltsync.core.safety import deletion_verdict
 from quiltsync.core.types import FileRecord, FileStat, HashValue, LastPush, PushResult, Revision
@@ -51,7 +52,6 @@ from quiltsync.local.locks import package_lock
 from quiltsync.local.scanner import RootUnavailable, Scan, make_ignore_spec, rescan_paths, scan_folder
 from quiltsync.local.stillcopy import StillCopies
 from quiltsync.logs import get_logger
-from quiltsync.core.manifest import top_hash_of
 from quiltsync.remote.registry import Registry, unpinned_keys
 
 __all__ = ["FolderPusher", "PushResult", "push_with_retries"]

@@ -18,9 +18,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from quiltsync.local import hashing
-from quiltsync.errors import RestoreError
 from quiltsync.core.types import Revision
+from quiltsync.errors import RestoreError
+from quiltsync.local import hashing
 from quiltsync.remote.registry import Registry, unpinned_keys
 
 

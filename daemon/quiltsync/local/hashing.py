@@ -49,10 +49,7 @@ def chunked_sha256(path: str | os.PathLike[str]) -> HashValue:
                 left -= len(block)
             remaining -= min(psize, remaining)
             digests.append(h.digest())
-    if not digests:
-        combined = hashlib.sha256(b"").digest()
-    else:
-        combined = hashlib.sha256(b"".join(digests)).digest()
+    combined = hashlib.sha256(b"".join(digests)).digest()  # no parts (empty file): sha256(b"")
     return HashValue(CHUNKED, base64.b64encode(combined).decode())
 
 

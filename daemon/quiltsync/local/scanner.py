@@ -23,8 +23,8 @@ import re
 import stat as stat_mod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pathspec
 

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from quiltsync.local.scanner import IgnoreRules
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -32,6 +31,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+
+from quiltsync.local.scanner import IgnoreRules
 
 EVENT_FILTER = [FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent,
                 FileModifiedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent]

@@ -95,7 +95,7 @@ def inspect(root: Path, buckets: Iterable[str], parse: ParseManifest) -> CacheRe
 def _check_manifest(p: Path, known: set[str], parse: ParseManifest) -> CacheProblem | None:
     try:
         top_hash, physical_keys = parse(p.read_bytes())
-    except Exception as e:  # noqa: BLE001 - any parse failure means unusable
+    except Exception as e:
         return CacheProblem(p, "manifest_corrupt", f"does not parse: {type(e).__name__}: {str(e)[:120]}")
     buckets = known | {urlparse(u).netloc for u in physical_keys if u.startswith("s3://")}
     if not any(manifest_cache_name(b, top_hash) == p.name for b in buckets):

@@ -119,7 +119,7 @@ def classify(e: BaseException) -> type[QuiltsyncError]:
         return PermanentError
     if isinstance(e, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.ParamValidationError)):
         return PermanentError
-    if isinstance(e, _TRANSIENT_EXC) or isinstance(e, OSError):
+    if isinstance(e, (*_TRANSIENT_EXC, OSError)):
         return TransientError
     return PermanentError
 

@@ -19,8 +19,9 @@ import base64
 import hashlib
 import re
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import unquote
 
 _PATCHED = False

@@ -312,7 +312,7 @@ class Daemon:
         start, fut, st = self.running.pop(package)
         try:
             result = fut.result()
-        except Exception as e:  # noqa: BLE001 - every failure is scheduled; bugs keep their traceback
+        except Exception as e:
             self._push_failed(start, st, e, now)
             return
         self.schedule.finished(package, start.generation, now, Pushed(bool(result.changed_during_push)))
@@ -392,7 +392,7 @@ class Daemon:
         self._health_running = False
         try:
             results = list(fut.result())
-        except Exception as e:  # noqa: BLE001 - a check crashing is itself a health failure
+        except Exception as e:
             results = [CheckResult("registry", "health checks", "fail", f"{type(e).__name__}: {e}")]
         results += self._stuck_checks(now)
         for r in results:
@@ -401,7 +401,7 @@ class Daemon:
             assert self.index is not None
             self.index.write_health(
                 [(r.check, r.target, r.status, r.detail) for r in self.health.values()], time.time())
-        except Exception as e:  # noqa: BLE001 - status is best effort; never stop the daemon
+        except Exception as e:
             self.log.warning("health.record_failed", error=str(e))
         self.notifier.status(self._status_line())
 
@@ -479,7 +479,7 @@ class Daemon:
         for _start, fut, _st in list(self.running.values()):  # finish the pushes in flight
             try:
                 fut.result(timeout=max(0.0, deadline - self.clock()))
-            except Exception:  # noqa: BLE001 - reported by the push itself
+            except Exception:
                 pass
         for pkg in pending:  # then push what was still pending, within the bound
             if self.clock() >= deadline:
@@ -490,7 +490,7 @@ class Daemon:
             fut = self.pool.submit(self.folders[pkg].pusher.push, defer_moving=False)
             try:
                 fut.result(timeout=max(0.0, deadline - self.clock()))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self.log.warning("push.failed", package=pkg, error=str(e), attempt=1, retry_in_s=None)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.health_pool.shutdown(wait=False, cancel_futures=True)
