@@ -54,6 +54,16 @@ def local_s3() -> Iterator[LocalS3]:
         os.environ.pop("AWS_ENDPOINT_URL_S3", None)
 
 
+@pytest.fixture(autouse=True)
+def _s3_settings() -> Iterator[None]:
+    """Each test starts and ends with the process's S3 settings and client caches reset."""
+    from quiltsync.remote import settings
+
+    settings.reset()
+    yield
+    settings.reset()
+
+
 @pytest.fixture
 def bucket(local_s3: LocalS3) -> str:
     """A fresh versioned bucket for one test."""

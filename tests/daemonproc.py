@@ -42,6 +42,18 @@ class NotifySocket:
         with self._lock:
             return list(self.messages)
 
+    def wait_for(self, pred: Callable[[str], bool], timeout: float = 30, after: int = 0) -> int:
+        """The index of the first message (at index >= after) matching pred; fails after timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msgs = self.snapshot()
+            for i in range(after, len(msgs)):
+                if pred(msgs[i]):
+                    return i
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no matching notify message within {timeout}s: {msgs[-10:]}")
+            time.sleep(0.05)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)

@@ -118,12 +118,12 @@ def test_notify_messages_arrive_in_order(fast: Setup) -> None:
     d = DaemonProcess(fast.config_path, env={"WATCHDOG_USEC": "1000000"}, notify=sock)
     try:
         d.wait_for(lambda e: e.get("event") == "rescan.completed")
-        time.sleep(1.5)
+        sock.wait_for(lambda m: m.startswith("WATCHDOG=1"))
         d.signal(signal.SIGHUP)
-        d.wait_for(lambda e: e.get("event") == "daemon.reloaded")
-        time.sleep(0.3)
+        reloading = sock.wait_for(lambda m: m.startswith("RELOADING=1"))
+        sock.wait_for(lambda m: m.startswith("READY=1"), after=reloading)
         assert d.stop() == 0
-        time.sleep(0.3)
+        sock.wait_for(lambda m: m.startswith("STOPPING=1"))
         msgs = sock.snapshot()
     finally:
         d.kill()
@@ -273,8 +273,13 @@ def test_metrics_endpoint_reports_pushes_health_and_pending(fast: Setup) -> None
         (fast.folder / "m.txt").write_text("metrics")
         d.wait_for(_completed, timeout=30)
         d.wait_for(lambda e: e.get("event") == "health.ok" and e.get("check") == "versioning", timeout=30)
-        time.sleep(0.5)
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        pkg = f'package="{fast.package}"'
+        deadline = time.monotonic() + 30
+        while True:  # the gauges follow the loop's next round: wait for the scrape to show the push
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            if f"quiltsync_pending_changes{{{pkg}}} 0.0" in body or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     finally:
         d.kill()
     pkg = f'package="{fast.package}"'

@@ -236,8 +236,11 @@ def test_the_daemon_records_health_for_status_and_its_status_line(setup: Setup, 
         d.wait_for(lambda e: e.get("event") == "health.ok" and e.get("check") == "versioning", timeout=30)
         d.wait_for(lambda e: e.get("event") == "health.ok" and e.get("check") == "stuck", timeout=30)
         import time
-        time.sleep(0.5)
-        status = json.loads(setup.cli("status", "--json", check=True).stdout)["folders"][0]
+        deadline = time.monotonic() + 30
+        while True:  # the daemon records health right after logging it: wait for the record
+            status = json.loads(setup.cli("status", "--json", check=True).stdout)["folders"][0]
+            if status["health"].startswith("ok (checked") or time.monotonic() > deadline:
+                break
         assert status["health"].startswith("ok (checked")
         assert any("health ok" in m for m in sock.snapshot() if "STATUS=" in m)
     finally:
