@@ -109,8 +109,8 @@ def status(ctx: Context, *, as_json: bool) -> int:
         ctx.emit(f"{r['package']}  ({r['path']} -> {r['registry']})")
         ctx.emit(f"  last top_hash: {r['last_top_hash'] or '(never pushed)'}")
         ctx.emit(f"  last push:     {r['last_push'] or '-'}")
-        ctx.emit(f"  pending:       {r['pending'] if r['pending'] is not None else '-'} "
-                 f"of {r['files'] if r['files'] is not None else '-'} files")
+        ctx.emit(f"  pending:       {r['pending'] if r['pending'] is not None else '-'} changes "
+                 f"({r['files'] if r['files'] is not None else '-'} files in the folder)")
         ctx.emit(f"  health:        {r['health']}")
     return 0
 
