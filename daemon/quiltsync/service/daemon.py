@@ -34,13 +34,14 @@ from quiltsync.core.types import PushResult
 from quiltsync.errors import ConfigError, NotVersioned, PermanentError, PushRefused, QuiltsyncError
 from quiltsync.local.index import Index
 from quiltsync.local.locks import DaemonLock
-from quiltsync.local.scanner import make_ignore_spec
 from quiltsync.logs import get_logger
 from quiltsync.remote import settings as s3settings
+from quiltsync.service.health import CheckResult
+from quiltsync.service.monitor import HealthMonitor, start_metrics
 from quiltsync.service.notify import Notifier
+from quiltsync.service.roots import ROOT_CHECK_SECONDS, Roots, RootState
 
 DRAIN_SECONDS = 60.0  # SIGTERM: finish and push pending changes for at most this long
-ROOT_CHECK_SECONDS = 5.0  # how often roots are checked for vanishing or coming back
 HOLD_POLL_SECONDS = 1.0  # while a folder is held: how often the index is asked for a release
 BACKOFF_CAP_SECONDS = 300.0
 
@@ -58,8 +59,7 @@ class _Folder:
     config: FolderConfig
     pusher: Any  # FolderPusher
     generation: int
-    watching: bool = False
-    root_problem: str | None = None
+    root: RootState
     last_push: float | None = None  # wall time
     last_top_hash: str | None = None
 
@@ -99,9 +99,8 @@ class Daemon:
         self._next_health = 0.0
         self._next_hold_poll = 0.0
         self._watcher: Any = None
-        self.health_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
-        self._health_running = False
-        self.health: dict[tuple[str, str], Any] = {}  # (check, target) -> CheckResult
+        self.roots = Roots(None, self.log)
+        self.monitor: HealthMonitor | None = None
         self.metrics: Any = None
 
     # -- life cycle -------------------------------------------------------------------
@@ -125,9 +124,11 @@ class Daemon:
 
             self._watcher = Watcher(self._on_change, self._on_overflow)
             self._watcher.start()
+            self.roots = Roots(self._watcher, self.log)
         self.log.info("daemon.started", pid=os.getpid(), config=str(self.config_path),
                       folders=len(self.config.folder))
-        self._start_metrics()
+        self.metrics = start_metrics(self.config.daemon.metrics_address, self.log)
+        self.monitor = HealthMonitor(self.index, self.log, self.metrics)
         for f in self.config.folder:
             self._add_folder(f)
         now = self.clock()
@@ -183,7 +184,8 @@ class Daemon:
                 self.schedule.note(pkg, now, None, urgent=True)
         if now >= self._next_root_check:
             self._next_root_check = now + ROOT_CHECK_SECONDS
-            self._check_roots(now)
+            self.roots.check({p: st.root for p, st in self.folders.items()},
+                             lambda pkg: self.schedule.note(pkg, now, None, urgent=True))
         if now >= self._next_hold_poll:
             self._next_hold_poll = now + HOLD_POLL_SECONDS
             self._poll_holds(now)
@@ -231,54 +233,18 @@ class Daemon:
         generation = self.schedule.configure(f.package, Timing(f.settle_seconds, f.max_delay_seconds),
                                              self.clock())
         old = self.folders.get(f.package)
-        st = _Folder(f, self.pusher_factory(f, self.index), generation)
+        st = _Folder(f, self.pusher_factory(f, self.index), generation, RootState(f))
         if old is not None:
             st.last_push, st.last_top_hash = old.last_push, old.last_top_hash
         self.folders[f.package] = st
-        self._try_watch(st)
+        self.roots.watch(st.root)
 
     def _remove_folder(self, package: str) -> None:
         self.folders.pop(package, None)
         if self.metrics is not None:
             self.metrics.forget(package)
         self.schedule.remove(package)
-        if self._watcher is not None:
-            self._watcher.unwatch(package)
-
-    def _try_watch(self, st: _Folder) -> None:
-        if self._watcher is None:
-            st.watching = st.config.path.is_dir()
-            return
-        from quiltsync.local.watcher import installed_watches
-
-        before = installed_watches()
-        try:
-            self._watcher.watch(st.config.package, st.config.path, make_ignore_spec(st.config.ignore))
-        except OSError as e:
-            problem = f"cannot watch {st.config.path}: {e.strerror or e}"
-            if st.root_problem != problem:
-                self.log.error("watch.failed", package=st.config.package, path=str(st.config.path),
-                               detail=problem, retry_in_s=ROOT_CHECK_SECONDS)
-            st.watching, st.root_problem = False, problem
-            return
-        after = installed_watches()
-        st.watching, st.root_problem = True, None
-        self.log.info("watch.started", package=st.config.package, folder=str(st.config.path),
-                      directories=(after - before) if before >= 0 and after >= 0 else None)
-
-    def _check_roots(self, now: float) -> None:
-        lost = set(self._watcher.lost()) if self._watcher else set()
-        for pkg, st in self.folders.items():
-            if pkg in lost:
-                self._watcher.unwatch(pkg)
-                st.watching = False
-                st.root_problem = f"folder {st.config.path} vanished or was replaced"
-                self.log.error("watch.lost", package=pkg, path=str(st.config.path),
-                               detail=st.root_problem, retry_in_s=ROOT_CHECK_SECONDS)
-            elif not st.watching:
-                self._try_watch(st)
-                if st.watching:  # came back: whatever happened meanwhile is reconciled
-                    self.schedule.note(pkg, now, None, urgent=True)
+        self.roots.unwatch(package)
 
     def _poll_holds(self, now: float) -> None:
         """An operator releases a hold from another process (`push --allow-deletes`)."""
@@ -346,23 +312,7 @@ class Daemon:
                              attempt=retry.attempt, retry_in_s=retry.delay, permanent=permanent)
         self.notifier.status(self._status_line())
 
-    # -- metrics ------------------------------------------------------------------------
-    def _start_metrics(self) -> None:
-        address = self.config.daemon.metrics_address
-        if not address:
-            return
-        from quiltsync.service.metrics import Metrics
-
-        metrics = Metrics()
-        try:
-            host, port = metrics.serve(address)
-        except OSError as e:
-            self.log.error("metrics.failed", address=address, error=str(e),
-                           detail="metrics are off; pushing goes on")
-            return
-        self.metrics = metrics
-        self.log.info("metrics.started", address=f"{host}:{port}")
-
+    # -- metrics and health (service/monitor.py) ------------------------------------------
     def _update_gauges(self) -> None:
         if self.metrics is None:
             return
@@ -372,62 +322,25 @@ class Daemon:
             if st.last_push:
                 self.metrics.last_push.labels(pkg).set(st.last_push)
 
-    # -- health -------------------------------------------------------------------------
     def _start_health(self) -> None:
         """Network checks run on their own thread with short timeouts: never in the loop."""
-        if self._health_running:
-            return
         from quiltsync.local.watcher import installed_watches
-        from quiltsync.service.health import run_all
 
-        self._health_running = True
-        config = self.config
+        assert self.monitor is not None
         count = installed_watches if self._watcher is not None else None
-        fut = self.health_pool.submit(lambda: run_all(config, installed_watches=count))
-        fut.add_done_callback(lambda f: self.inbox.put(_Msg("health", value=f)))
+        self.monitor.start(self.config, count, lambda f: self.inbox.put(_Msg("health", value=f)))
 
     def _health_done(self, fut: Future[Any], now: float) -> None:
-        from quiltsync.service.health import CheckResult
-
-        self._health_running = False
-        try:
-            results = list(fut.result())
-        except Exception as e:
-            results = [CheckResult("registry", "health checks", "fail", f"{type(e).__name__}: {e}")]
-        results += self._stuck_checks(now)
-        for r in results:
-            self._record_health(r)
-        try:
-            assert self.index is not None
-            self.index.write_health(
-                [(r.check, r.target, r.status, r.detail) for r in self.health.values()], time.time())
-        except Exception as e:
-            self.log.warning("health.record_failed", error=str(e))
+        assert self.monitor is not None
+        self.monitor.done(fut, self._stuck_checks(now))
         self.notifier.status(self._status_line())
 
-    def _record_health(self, r: Any) -> None:
-        key = (r.check, r.target)
-        previous = self.health.get(key)
-        if r.status == "ok":
-            if previous is None or previous.status != "ok":
-                self.log.info("health.ok", check=r.check, target=r.target, detail=r.detail)
-        else:
-            log = self.log.error if r.status == "fail" else self.log.warning
-            log("health.failed", check=r.check, target=r.target, detail=r.detail, severity=r.status)
-        self.health[key] = r
-        if self.metrics is not None:
-            from quiltsync.service.metrics import HEALTH_VALUE
-
-            self.metrics.health.labels(r.check, r.target).set(HEALTH_VALUE[r.status])
-
-    def _stuck_checks(self, now: float) -> list[Any]:
-        from quiltsync.service.health import CheckResult
-
+    def _stuck_checks(self, now: float) -> list[CheckResult]:
         out = []
         for pkg, st in self.folders.items():
             why = self.schedule.stuck(now, pkg, st.config.max_delay_seconds)
-            if why is not None and st.root_problem and why.startswith("pushes failing"):
-                why += f" ({st.root_problem})"
+            if why is not None and st.root.problem and why.startswith("pushes failing"):
+                why += f" ({st.root.problem})"
             out.append(CheckResult("stuck", pkg, "fail", why) if why else
                        CheckResult("stuck", pkg, "ok", "changes flow"))
         return out
@@ -493,7 +406,8 @@ class Daemon:
             except Exception as e:
                 self.log.warning("push.failed", package=pkg, error=str(e), attempt=1, retry_in_s=None)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.health_pool.shutdown(wait=False, cancel_futures=True)
+        if self.monitor is not None:
+            self.monitor.shutdown()
         if self.metrics is not None:
             self.metrics.stop()
         if self.index is not None:
@@ -505,8 +419,8 @@ class Daemon:
     def _status_line(self) -> str:
         pending = sum(1 for p in self.folders if self.schedule.pending(p) is not None)
         failing = [p for p, st in self.folders.items()
-                   if self.schedule.failures(p)[0] or self.schedule.held(p) or st.root_problem]
-        failing += sorted({r.check for r in self.health.values() if r.status == "fail"})
+                   if self.schedule.failures(p)[0] or self.schedule.held(p) or st.root.problem]
+        failing += self.monitor.failing() if self.monitor is not None else []
         pushes = [st.last_push for st in self.folders.values() if st.last_push]
         age = f"last push {math.floor(time.time() - max(pushes))}s ago" if pushes else "no push yet"
         health = f"{len(failing)} failing: {', '.join(failing)}" if failing else "health ok"
