@@ -178,3 +178,26 @@ def _client(endpoint: str):
     import boto3
 
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+# -- the daemon as a process, on a folder with short settle times ------------------------------
+FAST = "settle_seconds = 0.5\nmax_delay_seconds = 5\n"
+
+
+@pytest.fixture
+def fast(setup: Setup) -> Setup:
+    """The setup with settle_seconds = 0.5 and max_delay_seconds = 5."""
+    write_config(setup.config_path, setup.folder, setup.package, setup.registry, setup.endpoint,
+                 setup.state_dir, FAST)
+    return setup
+
+
+@pytest.fixture
+def daemon(fast: Setup) -> Iterator[object]:
+    """`quiltsync run` on the fast setup, past its start-up reconcile (a daemonproc.DaemonProcess)."""
+    from daemonproc import DaemonProcess
+
+    d = DaemonProcess(fast.config_path)
+    d.wait_for(lambda e: e.get("event") == "rescan.completed", timeout=60)
+    yield d
+    d.kill()

@@ -6,30 +6,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Setup, manifest_files, write_config
+from conftest import FAST, Setup, manifest_files, write_config
 from daemonproc import DaemonProcess, NotifySocket
-
-FAST = "settle_seconds = 0.5\nmax_delay_seconds = 5\n"
-
-
-@pytest.fixture
-def fast(setup: Setup) -> Setup:
-    write_config(setup.config_path, setup.folder, setup.package, setup.registry, setup.endpoint,
-                 setup.state_dir, FAST)
-    return setup
-
-
-@pytest.fixture
-def daemon(fast: Setup) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(fast.config_path)
-    d.wait_for(lambda e: e.get("event") == "rescan.completed", timeout=60)
-    yield d
-    d.kill()
 
 
 def _completed(e: dict) -> bool:

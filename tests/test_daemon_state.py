@@ -12,29 +12,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
-import pytest
-
-from conftest import Setup, write_config
+from conftest import FAST, Setup, write_config
 from daemonproc import DaemonProcess
-
-FAST = "settle_seconds = 0.5\nmax_delay_seconds = 5\n"
-
-
-@pytest.fixture
-def fast(setup: Setup) -> Setup:
-    write_config(setup.config_path, setup.folder, setup.package, setup.registry, setup.endpoint,
-                 setup.state_dir, FAST)
-    return setup
-
-
-@pytest.fixture
-def daemon(fast: Setup) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(fast.config_path)
-    d.wait_for(lambda e: e.get("event") == "rescan.completed", timeout=60)
-    yield d
-    d.kill()
 
 
 def _completed(e: dict) -> bool:

@@ -327,7 +327,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         """Every package configured at t=0."""
         self.cap = cap
         self.s = Scheduler(backoff_cap=cap, max_paths=max_paths)
-        for package, timing in zip(PACKAGES, timings, strict=False):
+        for package, timing in zip(PACKAGES, timings, strict=True):
             self.configure(package, timing)
 
     # -- model helpers ---------------------------------------------------------------------
@@ -407,6 +407,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.s.note(package, self.now, path, urgent=urgent)
         self._noted(package, path)
 
+    @rule(package=st.sampled_from(PACKAGES), path=st.sampled_from(PATHS),
+          gaps=st.lists(st.floats(0, 5), min_size=1, max_size=8))
+    def keep_writing(self, package: str, path: str, gaps: list[float]) -> None:
+        """A file written again and again (a log), without a pause as long as settle."""
+        self.note(package, path, urgent=False)
+        for gap in gaps:
+            self.advance(gap)
+            self.note(package, path, urgent=False)
+
     @rule(dt=st.sampled_from([0.0, 0.5, 1.0]) | st.floats(0, 30) | st.floats(0, 400))
     def advance(self, dt: float) -> None:
         self.now += dt
@@ -422,19 +431,20 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.now = max(self.now, deadline)
             assert self._take_due() != []
 
-    in_flight = precondition(lambda self: bool(self.flying))
+    _when_in_flight = precondition(lambda self: bool(self.flying))
 
-    @in_flight
+    @_when_in_flight
     @rule(data=st.data(), changed=st.booleans())
     def finish_pushed(self, data: st.DataObject, changed: bool) -> None:
         self._finish(data, Pushed(changed))
 
-    @in_flight
-    @rule(data=st.data(), error=st.sampled_from(ERRORS), permanent=st.booleans())
+    @_when_in_flight
+    @rule(data=st.data(), error=st.sampled_from(ERRORS),
+          permanent=st.sampled_from([False, False, True]))
     def finish_failed(self, data: st.DataObject, error: str, permanent: bool) -> None:
         self._finish(data, Failed(error, permanent))
 
-    @in_flight
+    @_when_in_flight
     @rule(data=st.data())
     def finish_refused(self, data: st.DataObject) -> None:
         self._finish(data, Refused("mass deletion"))
@@ -502,7 +512,10 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule(paused=st.booleans())
     def pause_or_resume(self, paused: bool) -> None:
-        self.s.pause() if paused else self.s.resume()
+        if paused:
+            self.s.pause()
+        else:
+            self.s.resume()
         self.paused = paused
 
     # -- invariants ------------------------------------------------------------------------
