@@ -242,4 +242,4 @@ def test_a_permanent_error_is_logged_once_and_retried_at_the_cap(h: Harness) -> 
             h.advance(1)
             h.idle()
     failed = [e for e in logs if e["event"] == "push.failed"]
-    assert len(failed) == 1 and failed[0]["permanent"] is True and failed[0]["retry_in_s"] == 300
+    assert len(failed) == 1 and failed[0]["permanent"] is True and failed[0]["retry_in_s"] == 30

@@ -94,7 +94,7 @@ def test_a_permanent_error_is_reported_once_not_every_few_seconds(setup: Setup) 
         (setup.folder / "f.txt").write_text("x")
         time.sleep(5)  # a backoff of 1, 2, 4 s would have retried and logged 3 more times by now
         assert len(d.of("push.failed")) == 1
-        assert first["permanent"] is True and first["retry_in_s"] >= 60
+        assert first["permanent"] is True and first["retry_in_s"] >= 30
     finally:
         d.kill()
 

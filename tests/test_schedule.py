@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from quiltsync.core.schedule import (
+    PERMANENT_FIRST_DELAY,
     Batch,
     Failed,
     Pushed,
@@ -186,16 +187,19 @@ def test_transient_failures_back_off_exponentially_up_to_the_cap() -> None:
     assert s.failures("f") == (0, None)
 
 
-def test_a_permanent_error_retries_at_the_cap_and_is_reported_once() -> None:
-    """The same permanent error is reported once; a different one is reported again."""
-    s = _ready(cap=60.0)
+def test_a_permanent_error_backs_off_from_30s_and_is_reported_once() -> None:
+    """The same permanent error is reported once; a different one is reported again; retries
+    wait 30 s, doubling up to the cap."""
+    s = _ready(cap=100.0)
     s.note("f", 0.0, None, urgent=True)
-    now, reports = 0.0, []
+    now, reports, delays = 0.0, [], []
     for error in ["denied", "denied", "denied", "no bucket", "denied"]:
         retry = s.finished("f", _one(s.due(now)).generation, now, Failed(error, True))
-        assert retry is not None and retry.delay == 60.0
+        assert retry is not None
         reports.append(retry.report)
-        now += 60.0
+        delays.append(retry.delay)
+        now += retry.delay
+    assert delays == [30.0, 60.0, 100.0, 100.0, 100.0]
     assert reports == [True, False, False, True, True]
     assert s.failures("f") == (5, "denied")
 
@@ -228,7 +232,7 @@ def test_a_release_ends_a_backoff_too() -> None:
     s.note("f", 2.0, "a")
     start = _one(s.due(2.0))
     s.finished("f", start.generation, 2.0, Failed("denied", True))
-    assert s.held("f") == "mass deletion" and s.next_deadline() == 302.0
+    assert s.held("f") == "mass deletion" and s.next_deadline() == 32.0
     assert s.release("f", 3.0) and _one(s.due(3.0)).batch.full
 
 
@@ -241,7 +245,7 @@ def test_a_reload_reports_a_lasting_permanent_error_again() -> None:
     generation = s.configure("f", Timing(2.0, 10.0), 1.0)
     assert _one(s.due(1.0)).generation == generation
     retry = s.finished("f", generation, 1.0, Failed("denied", True))
-    assert retry == Retry(60.0, 1, True)
+    assert retry == Retry(30.0, 1, True)
 
 
 def test_outcomes_of_an_older_generation_ask_only_for_a_rescan() -> None:
@@ -481,7 +485,8 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def _failed(self, package: str, outcome: Failed, retry: Retry | None) -> None:
         attempt = self.fails[package] = self.fails.get(package, 0) + 1
-        delay = self.cap if outcome.permanent else min(self.cap, 2.0 ** (attempt - 1))
+        first = PERMANENT_FIRST_DELAY if outcome.permanent else 1.0
+        delay = min(self.cap, first * 2.0 ** (attempt - 1))
         report = not outcome.permanent or self.reported.get(package) != outcome.error
         assert retry == Retry(delay, attempt, report)  # invariant 5: reported once in a row
         assert retry.delay <= self.cap  # invariant 3

@@ -26,7 +26,8 @@ One push at a time
 Outcomes
     :class:`Pushed` ends any failure streak and hold. :class:`Failed` retries a
     full rescan with backoff: ``2 ** (failures - 1)`` seconds for a transient
-    error, up to ``backoff_cap``; the cap at once for a permanent one, which is
+    error, up to ``backoff_cap``; ``30 * 2 ** (failures - 1)`` for a permanent one (a
+    misclassified network fault costs half a minute, not the cap), which is
     reported once rather than at every retry. :class:`Refused` (an unsafe push,
     such as a mass deletion) holds the folder: a full rescan is owed, but it is
     not retried until an operator releases the hold or a new change is noted
@@ -48,6 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DEFAULT_BACKOFF_CAP = 300.0
+PERMANENT_FIRST_DELAY = 30.0  # a permanent error is retried after this, doubling up to the cap
 DEFAULT_MAX_PATHS = 10_000
 STUCK_FAILURES = 5  # consecutive failures that make a folder "stuck"
 _MAX_EXPONENT = 1023  # 2.0 ** 1024 overflows a float
@@ -95,7 +97,7 @@ class Pushed:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """The push failed: transient errors back off, permanent ones retry at the cap."""
+    """The push failed: errors back off (permanent ones from 30 s), up to the cap."""
 
     error: str
     permanent: bool
@@ -257,7 +259,7 @@ class Scheduler:
     def _failed(self, folder: _Folder, now: float, outcome: Failed) -> Retry:
         folder.failures += 1
         folder.error = outcome.error
-        delay = self.backoff_cap if outcome.permanent else self._backoff(folder.failures)
+        delay = self._backoff(folder.failures, PERMANENT_FIRST_DELAY if outcome.permanent else 1.0)
         report = not outcome.permanent or outcome.error != folder.reported
         if report:
             folder.reported = outcome.error
@@ -265,8 +267,8 @@ class Scheduler:
         self._record(folder, now, None, urgent=True)
         return Retry(delay, folder.failures, report)
 
-    def _backoff(self, failures: int) -> float:
-        return min(self.backoff_cap, 2.0 ** min(failures - 1, _MAX_EXPONENT))
+    def _backoff(self, failures: int, first: float) -> float:
+        return min(self.backoff_cap, first * 2.0 ** min(failures - 1, _MAX_EXPONENT))
 
     def _refused(self, folder: _Folder, now: float, outcome: Refused) -> None:
         folder.hold, folder.woken, folder.retry_at = outcome.reason, False, None
