@@ -87,7 +87,7 @@ class Harness:
         while time.monotonic() < deadline:
             self.step()
             due = self.daemon.schedule.next_deadline()
-            if not self.daemon.running and (due is None or due > self.clock.now):
+            if not self.daemon.pushes.running and (due is None or due > self.clock.now):
                 return
         raise AssertionError("the daemon did not go idle")
 

@@ -591,3 +591,25 @@ class SchedulerMachine(RuleBasedStateMachine):
 SchedulerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
                                               deadline=None)
 TestSchedulerMachine = SchedulerMachine.TestCase
+
+
+def test_what_a_push_error_means_for_the_schedule() -> None:
+    """Unsafe pushes hold the folder; a bucket without versioning and access problems are
+    permanent failures; network faults, conflicts and bugs are transient."""
+    from quiltsync.core.schedule import outcome_of
+    from quiltsync.errors import (
+        DeletionsHeld,
+        NotVersioned,
+        PermanentError,
+        PushConflict,
+        PushRefused,
+        TransientError,
+    )
+
+    assert outcome_of(DeletionsHeld("8 of 10")) == Refused("8 of 10")
+    assert outcome_of(PushRefused("root gone")) == Refused("root gone")
+    assert outcome_of(NotVersioned("off")) == Failed("off", True)
+    assert outcome_of(PermanentError("denied")) == Failed("denied", True)
+    assert outcome_of(TransientError("reset")) == Failed("reset", False)
+    assert outcome_of(PushConflict("moved")) == Failed("moved", False)
+    assert outcome_of(KeyError("bug")) == Failed("'bug'", False)

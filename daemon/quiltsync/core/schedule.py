@@ -48,6 +48,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from quiltsync.errors import NotVersioned, PermanentError, PushRefused
+
 DEFAULT_BACKOFF_CAP = 300.0
 PERMANENT_FIRST_DELAY = 30.0  # a permanent error is retried after this, doubling up to the cap
 DEFAULT_MAX_PATHS = 10_000
@@ -355,3 +357,16 @@ class Scheduler:
         if waited > bound:
             return f"changes pending for {waited:.0f}s (bound {bound:.0f}s)"
         return None
+
+
+def outcome_of(error: Exception) -> Failed | Refused:
+    """What a push's exception means for its folder's schedule.
+
+    Refused (held until a change or a release): an unsafe push, except a bucket
+    without versioning, which no change in the folder can fix (a permanent
+    failure, retried with backoff). Permanent: errors retrying cannot fix soon
+    (access denied, no such bucket). Everything else, bugs included, is transient.
+    """
+    if isinstance(error, PushRefused) and not isinstance(error, NotVersioned):
+        return Refused(str(error))
+    return Failed(str(error), isinstance(error, (PermanentError, NotVersioned)))

@@ -23,15 +23,14 @@ import queue
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quiltsync.config import Config, FolderConfig, load_config
-from quiltsync.core.schedule import Failed, Pushed, Refused, Scheduler, Start, Timing
-from quiltsync.core.types import PushResult
-from quiltsync.errors import ConfigError, NotVersioned, PermanentError, PushRefused, QuiltsyncError
+from quiltsync.core.schedule import Scheduler, Timing
+from quiltsync.errors import ConfigError
 from quiltsync.local.index import Index
 from quiltsync.local.locks import DaemonLock
 from quiltsync.logs import get_logger
@@ -39,6 +38,7 @@ from quiltsync.remote import settings as s3settings
 from quiltsync.service.health import CheckResult
 from quiltsync.service.monitor import HealthMonitor, start_metrics
 from quiltsync.service.notify import Notifier
+from quiltsync.service.pushes import Pushes
 from quiltsync.service.roots import ROOT_CHECK_SECONDS, Roots, RootState
 
 DRAIN_SECONDS = 60.0  # SIGTERM: finish and push pending changes for at most this long
@@ -87,8 +87,7 @@ class Daemon:
         self.inbox: queue.SimpleQueue[_Msg] = queue.SimpleQueue()
         self.schedule = Scheduler(backoff_cap=BACKOFF_CAP_SECONDS)
         self.folders: dict[str, _Folder] = {}
-        self.running: dict[str, tuple[Start, Future[PushResult], _Folder]] = {}
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="push")
+        self.pushes = Pushes(self.schedule, lambda pkg: self.inbox.put(_Msg("done", pkg)), self.log)
         self.stopping = False
         self.index: Index | None = None
         self._lock = DaemonLock(self.config.daemon.state_dir)
@@ -127,7 +126,7 @@ class Daemon:
             self.roots = Roots(self._watcher, self.log)
         self.log.info("daemon.started", pid=os.getpid(), config=str(self.config_path),
                       folders=len(self.config.folder))
-        self.metrics = start_metrics(self.config.daemon.metrics_address, self.log)
+        self.metrics = self.pushes.metrics = start_metrics(self.config.daemon.metrics_address, self.log)
         self.monitor = HealthMonitor(self.index, self.log, self.metrics)
         for f in self.config.folder:
             self._add_folder(f)
@@ -145,7 +144,8 @@ class Daemon:
     def step(self, max_wait: float | None = None) -> None:
         """One round: start what is due, wait for a message or the next deadline, handle it."""
         now = self.clock()
-        self._start_due(now)
+        if not self.stopping:
+            self.pushes.start_due(now, self.folders)
         timeout = self._next_wakeup(now) - now
         if max_wait is not None:
             timeout = min(timeout, max_wait)
@@ -192,7 +192,7 @@ class Daemon:
         if now >= self._next_health:
             self._next_health = now + self.config.daemon.health_interval_seconds
             self._start_health()
-        if self._pending_reload is not None and not self.running:
+        if self._pending_reload is not None and not self.pushes.running:
             self._apply_reload(self._pending_reload)
 
     # -- messages ---------------------------------------------------------------------
@@ -256,60 +256,17 @@ class Daemon:
             if pkg not in recorded and self.schedule.release(pkg, now):
                 self.log.info("push.released", package=pkg, detail="the hold was released; pushing again")
 
-    # -- pushes -------------------------------------------------------------------------
-    def _start_due(self, now: float) -> None:
-        if self.stopping:
-            return
-        for start in self.schedule.due(now):
-            st = self.folders.get(start.package)
-            if st is None:  # removed meanwhile: nothing to push
-                self.schedule.finished(start.package, start.generation, now, Pushed())
-                continue
-            paths = None if start.batch.full else set(start.batch.paths)
-            fut = self.pool.submit(st.pusher.push, defer_moving=not start.overdue, paths=paths)
-            self.running[start.package] = (start, fut, st)
-            fut.add_done_callback(self._poster(start.package))
-
-    def _poster(self, package: str) -> Callable[[Future[PushResult]], None]:
-        """A done-callback (on the pool's thread) that tells the main loop."""
-        return lambda _fut: self.inbox.put(_Msg("done", package))
-
+    # -- pushes (service/pushes.py) --------------------------------------------------------
     def _push_done(self, package: str, now: float) -> None:
-        start, fut, st = self.running.pop(package)
-        try:
-            result = fut.result()
-        except Exception as e:
-            self._push_failed(start, st, e, now)
-            return
-        self.schedule.finished(package, start.generation, now, Pushed(bool(result.changed_during_push)))
-        if self.metrics is not None:
-            self.metrics.push_done(package, result)
-        if result.top_hash:
-            st.last_top_hash = result.top_hash
-        if result.pushed:
-            st.last_push = time.time()
-        if start.batch.full:
-            self.log.info("rescan.completed", package=package, files=result.files,
-                          pushed=result.pushed, top_hash=result.top_hash)
-        self.notifier.status(self._status_line())
-
-    def _push_failed(self, start: Start, st: _Folder, e: Exception, now: float) -> None:
-        package = start.package
-        if isinstance(e, PushRefused) and not isinstance(e, NotVersioned):
-            # logged as push.refused by the pusher, with its reason; held until a change or a release
-            self.schedule.finished(package, start.generation, now, Refused(str(e)))
-            self.notifier.status(self._status_line())
-            return
-        if not isinstance(e, QuiltsyncError):
-            self.log.exception("push.failed", package=package, error=f"{type(e).__name__}: {e}")
-        permanent = isinstance(e, (PermanentError, NotVersioned))
-        retry = self.schedule.finished(package, start.generation, now, Failed(str(e), permanent))
-        if self.metrics is not None:
-            self.metrics.push_failed(package)
-        if retry is not None and retry.report and isinstance(e, QuiltsyncError) \
-                and not isinstance(e, NotVersioned):
-            self.log.warning("push.failed", package=package, registry=st.config.registry, error=str(e),
-                             attempt=retry.attempt, retry_in_s=retry.delay, permanent=permanent)
+        start, st, result = self.pushes.finish(package, now)
+        if result is not None:
+            if result.top_hash:
+                st.last_top_hash = result.top_hash
+            if result.pushed:
+                st.last_push = time.time()
+            if start.batch.full:
+                self.log.info("rescan.completed", package=package, files=result.files,
+                              pushed=result.pushed, top_hash=result.top_hash)
         self.notifier.status(self._status_line())
 
     # -- metrics and health (service/monitor.py) ------------------------------------------
@@ -354,9 +311,9 @@ class Daemon:
             self.log.error("daemon.reload_failed", error=str(e), detail="keeping the running config")
             self.notifier.ready(self._status_line())
             return
-        if _s3(new) != _s3(self.config) and self.running:
+        if _s3(new) != _s3(self.config) and self.pushes.running:
             # Entries of one endpoint are not valid on another: let in-flight pushes end first.
-            self.log.info("daemon.reload_waiting", pushes_in_flight=sorted(self.running),
+            self.log.info("daemon.reload_waiting", pushes_in_flight=sorted(self.pushes.running),
                           detail="the S3 endpoint changes; waiting for pushes in flight")
             self._pending_reload = new
             self.schedule.pause()
@@ -389,7 +346,7 @@ class Daemon:
         if self._watcher is not None:
             self._watcher.stop()
         deadline = self.clock() + DRAIN_SECONDS
-        for _start, fut, _st in list(self.running.values()):  # finish the pushes in flight
+        for _start, fut, _st in list(self.pushes.running.values()):  # finish the pushes in flight
             try:
                 fut.result(timeout=max(0.0, deadline - self.clock()))
             except Exception:
@@ -400,12 +357,12 @@ class Daemon:
                 continue
             if self.schedule.held(pkg):
                 continue
-            fut = self.pool.submit(self.folders[pkg].pusher.push, defer_moving=False)
+            fut = self.pushes.pool.submit(self.folders[pkg].pusher.push, defer_moving=False)
             try:
                 fut.result(timeout=max(0.0, deadline - self.clock()))
             except Exception as e:
                 self.log.warning("push.failed", package=pkg, error=str(e), attempt=1, retry_in_s=None)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pushes.shutdown()
         if self.monitor is not None:
             self.monitor.shutdown()
         if self.metrics is not None:

@@ -1,0 +1,82 @@
+"""The daemon's pushes: the scheduler's Starts carried out on a thread pool.
+
+One push per package runs at a time (the scheduler never hands out a second
+one); its end is posted to the main loop, which calls ``finish``: the outcome
+goes back to the scheduler, and a failure is logged as the scheduler says
+(transient ones each time, a permanent one once). A refusal was already logged
+by the pusher as ``push.refused``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from quiltsync.core.schedule import Failed, Pushed, Scheduler, Start, outcome_of
+from quiltsync.core.types import PushResult
+from quiltsync.errors import NotVersioned, QuiltsyncError
+
+WORKERS = 4  # folders pushed in parallel
+
+
+class Pushes:
+    def __init__(self, schedule: Scheduler, post_done: Callable[[str], None], log: Any) -> None:
+        self.schedule = schedule
+        self.post_done = post_done
+        self.log = log
+        self.metrics: Any = None
+        self.running: dict[str, tuple[Start, Future[PushResult], Any]] = {}
+        self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="push")
+
+    def start_due(self, now: float, folders: Mapping[str, Any]) -> None:
+        """Start every push the scheduler says is due; ``folders[pkg].pusher`` does it."""
+        for start in self.schedule.due(now):
+            st = folders.get(start.package)
+            if st is None:  # removed meanwhile: nothing to push
+                self.schedule.finished(start.package, start.generation, now, Pushed())
+                continue
+            paths = None if start.batch.full else set(start.batch.paths)
+            fut = self.pool.submit(st.pusher.push, defer_moving=not start.overdue, paths=paths)
+            self.running[start.package] = (start, fut, st)
+            fut.add_done_callback(self._poster(start.package))
+
+    def _poster(self, package: str) -> Callable[[Future[PushResult]], None]:
+        return lambda _fut: self.post_done(package)  # on the pool's thread
+
+    def finish(self, package: str, now: float) -> tuple[Start, Any, PushResult | None]:
+        """The push of ``package`` ended: tell the scheduler; (start, folder, result or None)."""
+        start, fut, st = self.running.pop(package)
+        try:
+            result = fut.result()
+        except Exception as e:
+            self._failed(start, st, e, now)
+            return start, st, None
+        self.schedule.finished(package, start.generation, now, Pushed(bool(result.changed_during_push)))
+        if self.metrics is not None:
+            self.metrics.push_done(package, result)
+        return start, st, result
+
+    def _failed(self, start: Start, st: Any, e: Exception, now: float) -> None:
+        outcome = outcome_of(e)
+        if not isinstance(e, QuiltsyncError):
+            self.log.exception("push.failed", package=start.package, error=f"{type(e).__name__}: {e}")
+        retry = self.schedule.finished(start.package, start.generation, now, outcome)
+        if not isinstance(outcome, Failed):
+            return
+        if self.metrics is not None:
+            self.metrics.push_failed(start.package)
+        if retry is not None and retry.report and isinstance(e, QuiltsyncError) and not isinstance(e, NotVersioned):
+            self.log.warning("push.failed", package=start.package, registry=st.config.registry, error=str(e),
+                             attempt=retry.attempt, retry_in_s=retry.delay, permanent=outcome.permanent)
+
+    def wait(self, timeout: Callable[[], float]) -> None:
+        """Let the pushes in flight finish (each within what ``timeout()`` leaves)."""
+        for _start, fut, _st in list(self.running.values()):
+            try:
+                fut.result(timeout=max(0.0, timeout()))
+            except Exception:
+                pass
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
