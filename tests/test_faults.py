@@ -16,7 +16,7 @@ import pytest
 from conftest import Setup, write_config
 from daemonproc import DaemonProcess, NotifySocket
 from faultproxy import FaultProxy
-from quiltsync.service.daemon import BACKOFF_CAP_SECONDS
+from quiltsync.core.schedule import DEFAULT_BACKOFF_CAP as BACKOFF_CAP_SECONDS
 from verify import converged, verify_history
 
 # Short botocore retries so a fault shows within seconds (production keeps 10).

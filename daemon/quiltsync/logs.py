@@ -22,7 +22,7 @@ _NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "quilt3", "watchdog", "w
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog and stdlib logging for the whole process (call once per process)."""
     stream = stream or sys.stderr
-    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    use_json = json_mode(fmt, stream)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -59,6 +59,16 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+def json_mode(fmt: str, stream: TextIO) -> bool:
+    """Whether lines on ``stream`` are JSON: log_format json, or auto and not a TTY."""
+    if fmt != "auto":
+        return fmt == "json"
+    try:
+        return not stream.isatty()
+    except (AttributeError, ValueError):
+        return True
 
 
 def journal_stream_matches(stream: TextIO) -> bool:

@@ -28,7 +28,7 @@ class Context:
         path = find_config_path(cli_config)
         config = load_config(path)
         logs.configure(config.daemon.log_level, config.daemon.log_format)
-        s3settings.activate(s3settings.S3Settings(config.s3.endpoint_url, config.s3.region))
+        s3settings.activate(s3settings.S3Settings.from_config(config.s3))
         return cls(config, path, out)
 
     def index(self) -> Index:
@@ -144,7 +144,7 @@ def restore(ctx: Context, package: str, top_hash: str, dest: Path, *, force: boo
 
     folder = ctx.config.folder_by_package(package)
     report = do_restore(Registry(folder.registry), package, top_hash, dest, force=force)
-    logs.get_logger("quiltsync.engine.restore").info(
+    logs.get_logger("quiltsync.restore").info(
         "restore.completed", package=package, top_hash=report.top_hash, dest=str(report.dest),
         files=report.files, bytes=report.bytes, from_cache=len(report.from_cache),
         from_s3=report.files - len(report.from_cache))

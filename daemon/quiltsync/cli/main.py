@@ -128,15 +128,11 @@ def report_error(message: str, exit_code: int, *, event: str = "command.failed",
 
 
 def _json_mode() -> bool:
-    """As logs.configure decides: json, console, or auto (JSON unless stderr is a TTY); the
-    auto rule also when no config was loaded (a usage error, a config that failed to load)."""
-    fmt = _log_format or "auto"
-    if fmt == "auto":
-        try:
-            return not sys.stderr.isatty()
-        except (AttributeError, ValueError):
-            return True
-    return fmt == "json"
+    """As logs.configure decides; with the auto rule when no config was loaded (a usage
+    error, a config that failed to load)."""
+    from quiltsync.logs import json_mode
+
+    return json_mode(_log_format or "auto", sys.stderr)
 
 
 def _stdout_gone() -> bool:

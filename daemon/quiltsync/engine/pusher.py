@@ -68,6 +68,7 @@ class Base:
     revision: Revision | None
     files: dict[str, FileRecord]
     trusted: bool  # True: this process's or the index's (files = the last scan); False: the registry's
+    recorded: LastPush | None  # the index's row for the package, read once a pass
 
     @property
     def top_hash(self) -> str | None:
@@ -133,7 +134,7 @@ class FolderPusher:
         started = time.monotonic()
         recorded_ns = time.time_ns()
         base = self.resolve_base()
-        scan = self.scan(paths if base.trusted else None)
+        scan = self.scan(paths)
         for _attempt in range(MAX_CONFLICT_RETRIES + 1):
             plan = plan_push(scan.files, base.files, base.revision.entries if base.revision else {},
                              self._hash_file)
@@ -160,36 +161,33 @@ class FolderPusher:
     def resolve_base(self) -> Base:
         """The verified revision to build on (see the module docstring)."""
         last = self.index.last_push(self.folder.package)
-        mine = last is not None and last.registry == self.registry.identity \
-            and last.folder == str(self.folder.path)
-        if self._last is not None and mine and last is not None and last.top_hash == self._last.top_hash:
-            return Base(self._last.revision, dict(self._last.files), True)
-        self._last = None
-        if mine and last is not None:
-            recorded = self.index.load(self.folder.package, self.registry.identity, str(self.folder.path))
-            if recorded is not None:
-                entries = recorded.entries()
-                if top_hash_of(last.meta, entries) == last.top_hash:
-                    rev = Revision(last.top_hash, last.meta, entries, self.registry.identity)
-                    return Base(rev, recorded.files, True)
-                self.log.warning("index.rebuilt", reason="index rows do not reproduce their recorded "
-                                 "top_hash; rebuilding from the registry")
-        elif last is not None:
+        if last is None:
+            return self._remote_base({}, None)
+        if last.registry != self.registry.identity or last.folder != str(self.folder.path):
             self.log.warning("index.rebuilt", reason=f"the index was made for {last.registry} and "
                              f"{last.folder}; rebuilding for {self.registry.identity} and {self.folder.path}")
-        return self._remote_base({})
+            return self._remote_base({}, last)
+        if self._last is not None and last.top_hash == self._last.top_hash:
+            return Base(self._last.revision, dict(self._last.files), True, last)
+        files = self.index.files(self.folder.package)
+        entries = {lk: r.entry for lk, r in files.items()}
+        if top_hash_of(last.meta, entries) == last.top_hash:
+            return Base(Revision(last.top_hash, last.meta, entries, self.registry.identity), files, True, last)
+        self.log.warning("index.rebuilt", reason="index rows do not reproduce their recorded "
+                         "top_hash; rebuilding from the registry")
+        return self._remote_base({}, last)
 
-    def _remote_base(self, files: dict[str, FileRecord]) -> Base:
+    def _remote_base(self, files: dict[str, FileRecord], recorded: LastPush | None) -> Base:
         """The registry's latest, keeping what the index knows of local files."""
         rev = self.registry.latest_revision(self.folder.package)
         self._last = None
         # The other writer's pointer is named by a second <= now: ours must not reuse it.
         self._not_before = math.floor(self.clock()) + 1
-        return Base(rev, files, False)
+        return Base(rev, files, False, recorded)
 
     def _rebase(self, base: Base, detail: str) -> Base:
         self.log.warning("push.conflict", expected=base.top_hash, detail=detail)
-        return self._remote_base(base.files)
+        return self._remote_base(base.files, base.recorded)
 
     # -- 2. the scan ----------------------------------------------------------------------
     def scan(self, paths: Iterable[str] | None = None) -> Scan:
@@ -227,7 +225,7 @@ class FolderPusher:
     # -- 4. safety ------------------------------------------------------------------------
     def _check_safe(self, plan: Plan, scan: Scan, base: Base, allow_deletes: bool) -> None:
         """Stop before a push that would drop data by accident; the folder is held."""
-        recorded = self.index.last_push(self.folder.package)
+        recorded = base.recorded
         held = deletion_verdict(
             package=self.folder.package, folder=str(self.folder.path), base_top_hash=base.top_hash,
             base_files=len(base.revision.entries) if base.revision else 0, scanned_files=len(scan.files),
@@ -299,7 +297,7 @@ class FolderPusher:
 
     def _publish(self, plan: Plan, scan: Scan, base: Base, started: float, recorded_ns: int,
                  uploads: _Uploads) -> PushResult:
-        self._wait_for_next_second()
+        self._wait_for_next_second(base.recorded)
         self.log.info("push.started", uploads=len(uploads.sources), deletes=len(plan.deleted),
                       parent_top_hash=base.top_hash)
         counts = {"added": sum(k in uploads.sources for k in plan.added),
@@ -341,7 +339,7 @@ class FolderPusher:
             self.index.commit(last, upserts, plan.deleted)
         else:
             self.index.commit(last, files, replace_all=True)
-        self._last = Base(new, files, True)
+        self._last = Base(new, files, True, None)
 
     def _report(self, result: PushResult, new: Revision, uploads: _Uploads, hashed: int) -> None:
         self.log.info("push.completed", top_hash=result.top_hash, parent_top_hash=result.parent_top_hash,
@@ -389,19 +387,18 @@ class FolderPusher:
             fresh = {lk: FileRecord(scan.files[lk], recorded_ns, rev.entries[lk]) for lk in plan.refresh}
             self.index.refresh_stats(self.folder.package, fresh)
             base.files.update(fresh)
-            self._last = Base(rev, base.files, True)
+            self._last = Base(rev, base.files, True, None)
             return
         files = self._files_after(rev, base, plan, scan, {}, recorded_ns, recorded_ns)
-        previous = self.index.last_push(self.folder.package)
+        previous = base.recorded
         self.index.commit(self._last_push(rev, previous.pushed_at if previous else 0.0, scan.root_dev),
                           files, replace_all=True)
-        self._last = Base(rev, files, True)
+        self._last = Base(rev, files, True, None)
         self.log.info("index.adopted", top_hash=rev.top_hash, files=len(files))
 
-    def _wait_for_next_second(self) -> None:
+    def _wait_for_next_second(self, last: LastPush | None) -> None:
         """quilt3 names revision pointers by unix second: two pushes of a package in
         one second would overwrite the first's pointer, hiding it from history."""
-        last = self.index.last_push(self.folder.package)
         not_before = max(self._not_before, math.floor(last.pushed_at) + 1 if last and last.pushed_at else 0)
         wait = not_before - self.clock()
         if wait > 0:

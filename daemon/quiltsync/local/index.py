@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from quiltsync.core.types import Entry, FileRecord, FileStat, HashValue, LastPush
@@ -87,17 +86,6 @@ CREATE TABLE IF NOT EXISTS entry (
 
 class IndexUnavailable(QuiltsyncError):
     """The index could not be opened (busy past the timeout, or unreadable)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """A package's last revision as the index has it, with its files."""
-
-    last: LastPush
-    files: dict[str, FileRecord]
-
-    def entries(self) -> dict[str, Entry]:
-        return {lk: r.entry for lk, r in self.files.items()}
 
 
 def is_damaged(e: sqlite3.DatabaseError) -> bool:
@@ -189,15 +177,6 @@ class Index:
         if r is None:
             return None
         return LastPush(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6])
-
-    def load(self, package: str, registry: str, folder: str) -> Recorded | None:
-        """The last revision and its files, if they are for this registry identity and
-        folder; None otherwise (the caller rebuilds). Not verified: the pusher checks
-        the top_hash before building on it."""
-        last = self.last_push(package)
-        if last is None or last.registry != registry or last.folder != folder:
-            return None
-        return Recorded(last, self.files(package))
 
     def files(self, package: str) -> dict[str, FileRecord]:
         """Every recorded file of a package, as stored (unverified)."""

@@ -23,13 +23,13 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_MAX_ATTEMPTS = 10
 DEFAULT_REGION = "us-east-1"
 CLIENT_TTL_S = 900.0
-# Folders the daemon pushes at once (service/daemon.py's push pool): the pool size above.
+# Folders the daemon pushes at once (service/pushes.py sizes its pool with it); client pools follow.
 PARALLEL_PUSHES = 4
 
 
@@ -43,6 +43,11 @@ class S3Settings:
     @property
     def region_name(self) -> str:
         return self.region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+    @classmethod
+    def from_config(cls, s3: Any) -> S3Settings:
+        """From the config's ``[s3]`` table (``config.S3Config``)."""
+        return cls(s3.endpoint_url, s3.region)
 
     def identity(self, bucket: str) -> str:
         """A registry's identity: the same bucket name on two endpoints is two registries."""
@@ -59,14 +64,16 @@ class S3Settings:
 class _State:
     active: S3Settings
     quilt3_ready: bool = False
-    # (settings, purpose, thread id) -> client; (settings, signature, pool) -> (built at, client)
-    clients: dict[tuple[Any, ...], Any] | None = None
-    quilt3_clients: dict[tuple[Any, ...], tuple[float, Any]] | None = None
-    versioning: dict[tuple[str, str], tuple[float, str | None]] | None = None
+    # (settings, purpose, thread id) -> client
+    clients: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    # (settings, signature version) -> (built at, client)
+    quilt3_clients: dict[tuple[Any, ...], tuple[float, Any]] = field(default_factory=dict)
+    # (registry identity, bucket) -> (read at, versioning status)
+    versioning: dict[tuple[str, str], tuple[float, str | None]] = field(default_factory=dict)
 
 
 _lock = threading.Lock()
-_state = _State(S3Settings(), clients={}, quilt3_clients={}, versioning={})
+_state = _State(S3Settings())
 
 
 def prepare_environment() -> None:
@@ -149,7 +156,6 @@ def thread_client(purpose: str, **config: Any) -> Any:
     settings = _state.active
     key = (settings, purpose, threading.get_ident())
     clients = _state.clients
-    assert clients is not None
     client = clients.get(key)
     if client is None:
         client = boto3.session.Session().client("s3", config=client_config(**config),
@@ -159,9 +165,7 @@ def thread_client(purpose: str, **config: Any) -> Any:
 
 
 def versioning_cache() -> dict[tuple[str, str], tuple[float, str | None]]:
-    cache = _state.versioning
-    assert cache is not None
-    return cache
+    return _state.versioning
 
 
 def _build_quilt3_client(build: Any, session: Any, client_kwargs: dict[str, Any], **kwargs: Any) -> Any:
@@ -172,7 +176,6 @@ def _build_quilt3_client(build: Any, session: Any, client_kwargs: dict[str, Any]
     key = (settings, str(getattr(config, "signature_version", None)))
     now = time.monotonic()
     cache = _state.quilt3_clients
-    assert cache is not None
     with _lock:
         hit = cache.get(key)
         if hit is not None and now - hit[0] < CLIENT_TTL_S:

@@ -43,7 +43,6 @@ from quiltsync.service.roots import ROOT_CHECK_SECONDS, Roots, RootState
 
 DRAIN_SECONDS = 60.0  # SIGTERM: finish and push pending changes for at most this long
 HOLD_POLL_SECONDS = 1.0  # while a folder is held: how often the index is asked for a release
-BACKOFF_CAP_SECONDS = 300.0
 
 PusherFactory = Callable[[FolderConfig, Index], Any]
 
@@ -61,7 +60,6 @@ class _Folder:
     generation: int
     root: RootState
     last_push: float | None = None  # wall time
-    last_top_hash: str | None = None
 
 
 @dataclass(slots=True)
@@ -85,7 +83,7 @@ class Daemon:
     def __post_init__(self) -> None:
         self.log = get_logger("quiltsync.daemon")
         self.inbox: queue.SimpleQueue[_Msg] = queue.SimpleQueue()
-        self.schedule = Scheduler(backoff_cap=BACKOFF_CAP_SECONDS)
+        self.schedule = Scheduler()
         self.folders: dict[str, _Folder] = {}
         self.pushes = Pushes(self.schedule, lambda pkg: self.inbox.put(_Msg("done", pkg)), self.log)
         self.stopping = False
@@ -116,7 +114,7 @@ class Daemon:
         """Take the state dir, open the index, watch and schedule every folder."""
         self._lock.acquire()  # a second daemon on this state_dir stops here (AlreadyRunning)
         self.index = Index(self.config.daemon.state_dir / "index.sqlite3")
-        s3settings.activate(_s3(self.config))
+        s3settings.activate(s3settings.S3Settings.from_config(self.config.s3))
         self._install_signals()
         if self.watch:
             from quiltsync.local.watcher import Watcher
@@ -235,7 +233,7 @@ class Daemon:
         old = self.folders.get(f.package)
         st = _Folder(f, self.pusher_factory(f, self.index), generation, RootState(f))
         if old is not None:
-            st.last_push, st.last_top_hash = old.last_push, old.last_top_hash
+            st.last_push = old.last_push
         self.folders[f.package] = st
         self.roots.watch(st.root)
 
@@ -260,8 +258,6 @@ class Daemon:
     def _push_done(self, package: str, now: float) -> None:
         start, st, result = self.pushes.finish(package, now)
         if result is not None:
-            if result.top_hash:
-                st.last_top_hash = result.top_hash
             if result.pushed:
                 st.last_push = time.time()
             if start.batch.full:
@@ -311,7 +307,7 @@ class Daemon:
             self.log.error("daemon.reload_failed", error=str(e), detail="keeping the running config")
             self.notifier.ready(self._status_line())
             return
-        if _s3(new) != _s3(self.config) and self.pushes.running:
+        if s3settings.S3Settings.from_config(new.s3) != s3settings.S3Settings.from_config(self.config.s3) and self.pushes.running:
             # Entries of one endpoint are not valid on another: let in-flight pushes end first.
             self.log.info("daemon.reload_waiting", pushes_in_flight=sorted(self.pushes.running),
                           detail="the S3 endpoint changes; waiting for pushes in flight")
@@ -323,14 +319,14 @@ class Daemon:
     def _apply_reload(self, new: Config) -> None:
         self._pending_reload = None
         self.schedule.resume()
-        moved = _s3(new) != _s3(self.config)
+        moved = s3settings.S3Settings.from_config(new.s3) != s3settings.S3Settings.from_config(self.config.s3)
         old = {f.package: f for f in self.config.folder}
         fresh = {f.package: f for f in new.folder}
         removed = sorted(set(old) - set(fresh))
         added = sorted(set(fresh) - set(old))
         changed = sorted(p for p in set(old) & set(fresh) if moved or old[p] != fresh[p])
         self.config = new
-        s3settings.activate(_s3(new))
+        s3settings.activate(s3settings.S3Settings.from_config(new.s3))
         for p in removed:
             self._remove_folder(p)
         for p in changed + added:
@@ -382,10 +378,6 @@ class Daemon:
         age = f"last push {math.floor(time.time() - max(pushes))}s ago" if pushes else "no push yet"
         health = f"{len(failing)} failing: {', '.join(failing)}" if failing else "health ok"
         return f"{len(self.folders)} folders, {pending} pending, {age}, {health}"
-
-
-def _s3(config: Config) -> s3settings.S3Settings:
-    return s3settings.S3Settings(config.s3.endpoint_url, config.s3.region)
 
 
 def run_daemon(config_path: Path, config: Config) -> int:

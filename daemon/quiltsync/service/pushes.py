@@ -16,8 +16,7 @@ from typing import Any
 from quiltsync.core.schedule import Failed, Pushed, Scheduler, Start, outcome_of
 from quiltsync.core.types import PushResult
 from quiltsync.errors import NotVersioned, QuiltsyncError
-
-WORKERS = 4  # folders pushed in parallel
+from quiltsync.remote.settings import PARALLEL_PUSHES
 
 
 class Pushes:
@@ -27,7 +26,7 @@ class Pushes:
         self.log = log
         self.metrics: Any = None
         self.running: dict[str, tuple[Start, Future[PushResult], Any]] = {}
-        self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="push")
+        self.pool = ThreadPoolExecutor(max_workers=PARALLEL_PUSHES, thread_name_prefix="push")
 
     def start_due(self, now: float, folders: Mapping[str, Any]) -> None:
         """Start every push the scheduler says is due; ``folders[pkg].pusher`` does it."""
