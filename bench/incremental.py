@@ -10,7 +10,11 @@ Prints S3 requests and wall time of each, and their ratios. Targets (issue 2):
 quiltsync <= 15 requests whatever the folder size, >= 50x fewer requests and
 >= 10x less wall time than the naive loop.
 
-    python bench/incremental.py [--files 10000] [--rounds 3]
+``--workflows``: the bucket holds a Quilt workflows config whose default
+workflow requires package metadata (a JSON Schema); both sides push with it
+(quiltsync with ``[folder.metadata]``, the naive loop with ``set_meta``).
+
+    python bench/incremental.py [--files 10000] [--rounds 3] [--workflows]
 """
 
 from __future__ import annotations
@@ -39,15 +43,30 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workflows", action="store_true")
     args = ap.parse_args()
     logs.configure("warning", "console")
     with LocalS3() as s3:
         s3settings.activate(s3settings.S3Settings(s3.endpoint_url, "us-east-1"))
         s3.create_bucket("bench", versioning=True)
-        return run(s3, args.files, args.rounds)
+        if args.workflows:
+            put_workflows(s3)
+        return run(s3, args.files, args.rounds, {"project": "bench"} if args.workflows else None)
 
 
-def run(s3: LocalS3, n: int, rounds: int) -> int:
+def put_workflows(s3: LocalS3) -> None:
+    import json
+
+    schema = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "required": ["project"]}
+    c = s3.client()
+    c.put_object(Bucket="bench", Key=".quilt/workflows/meta.json", Body=json.dumps(schema).encode())
+    c.put_object(Bucket="bench", Key=".quilt/workflows/config.yml", Body=(
+        b'version: "1"\ndefault_workflow: experiment\nworkflows:\n  experiment:\n    name: Experiment\n'
+        b'    metadata_schema: meta\nschemas:\n  meta:\n    url: s3://bench/.quilt/workflows/meta.json\n'))
+    print("bucket: a workflows config whose default workflow requires metadata")
+
+
+def run(s3: LocalS3, n: int, rounds: int, metadata: dict | None = None) -> int:
     import quilt3
 
     from quiltsync.config import FolderConfig
@@ -58,13 +77,20 @@ def run(s3: LocalS3, n: int, rounds: int) -> int:
     folder = _TMP / "folder"
     make_folder(folder, n)
     print(f"folder: {n} files of 1.5 KiB in {len(list(folder.iterdir()))} dirs; local S3 {s3.endpoint_url}")
-    cfg = FolderConfig(path=folder, package="bench/quiltsync", registry="s3://bench")
+    cfg = FolderConfig(path=folder, package="bench/quiltsync", registry="s3://bench", metadata=metadata)
+
+    def naive_push() -> None:
+        pkg = quilt3.Package().set_dir(".", str(folder))
+        if metadata is not None:
+            pkg.set_meta(metadata)
+        pkg.push("bench/naive", "s3://bench", force=True)
+
     state = _TMP / "state" / "index.sqlite3"
     t = time.perf_counter()
     FolderPusher(cfg, Index(state)).push()
     print(f"initial quiltsync push: {time.perf_counter() - t:.1f} s")
     t = time.perf_counter()
-    quilt3.Package().set_dir(".", str(folder)).push("bench/naive", "s3://bench", force=True)
+    naive_push()
     print(f"initial naive push:     {time.perf_counter() - t:.1f} s")
 
     ours: list[tuple[int, float]] = []
@@ -81,7 +107,7 @@ def run(s3: LocalS3, n: int, rounds: int) -> int:
         assert result.modified == 1 and result.files == n, result
         s3.reset_requests()
         t = time.perf_counter()
-        quilt3.Package().set_dir(".", str(folder)).push("bench/naive", "s3://bench", force=True)
+        naive_push()
         naive.append((len(s3.requests), time.perf_counter() - t))
         print(f"round {r + 1}: quiltsync {ours[-1][0]} requests {ours[-1][1]:.2f} s | "
               f"naive {naive[-1][0]} requests {naive[-1][1]:.2f} s")

@@ -45,8 +45,11 @@ class MemoryRegistry:
     def versioning(self) -> str | None:
         return "Enabled"
 
+    def workflow_stamp(self, name: str, **_: object) -> dict | None:
+        return None  # a bucket without a workflows config
+
     def push(self, name: str, base: Revision | None, uploads: Mapping[str, tuple[Path, int]],
-             deletes: list[str], message: str,
+             deletes: list[str], *, message: str | None, meta: Mapping[str, object],
              changed_sources: Callable[[], list[str]] | None = None) -> Revision:
         with self._lock:
             if self.pointers.get(name) != (base.top_hash if base else None):
@@ -56,8 +59,8 @@ class MemoryRegistry:
                 vid = f"v{next(self._ids)}"
                 self.objects[(f"{name}/{lk}", vid)] = Path(path).read_bytes()[:size]
                 entries[lk] = Entry(chunked_sha256(path), size, f"s3://{self.bucket}/{name}/{lk}?versionId={vid}")
-            meta = {"version": "v0", "message": message}
-            rev = Revision(top_hash_of(meta, entries), meta, entries, self.identity)
+            header = {**meta, "message": message}
+            rev = Revision(top_hash_of(header, entries), header, entries, self.identity)
             self.revisions[rev.top_hash] = rev
             self.pointers[name] = rev.top_hash
             self.pushes.append(rev)

@@ -236,6 +236,22 @@ def test_a_release_ends_a_backoff_too() -> None:
     assert s.release("f", 3.0) and _one(s.due(3.0)).batch.full
 
 
+def test_retry_now_cuts_a_backoff_short_and_nothing_else() -> None:
+    """A fixed bucket config makes a backing-off folder due at once; a folder that is
+    not failing is left alone, and a failure after it backs off further."""
+    s = _ready(settle=0.0, cap=300.0)
+    assert not s.retry_now("f", 1.0) and s.next_deadline() is None
+    s.note("f", 1.0, "a")
+    s.finished("f", _one(s.due(1.0)).generation, 1.0, Failed("workflow rejects", True))
+    assert s.next_deadline() == 31.0
+    assert s.retry_now("f", 5.0) and not s.retry_now("f", 5.0)
+    start = _one(s.due(5.0))
+    assert start.batch.full and start.batch.urgent
+    retry = s.finished("f", start.generation, 5.0, Failed("workflow rejects", True))
+    assert retry is not None and retry.delay == 60.0 and not retry.report  # reported once
+    assert not s.retry_now("g", 5.0)  # unknown folder
+
+
 def test_a_reload_reports_a_lasting_permanent_error_again() -> None:
     """Reported once per config: after a reload the same permanent error is logged once more."""
     s = _ready(cap=60.0)
@@ -604,11 +620,13 @@ def test_what_a_push_error_means_for_the_schedule() -> None:
         PushConflict,
         PushRefused,
         TransientError,
+        WorkflowRefused,
     )
 
     assert outcome_of(DeletionsHeld("8 of 10")) == Refused("8 of 10")
     assert outcome_of(PushRefused("root gone")) == Refused("root gone")
     assert outcome_of(NotVersioned("off")) == Failed("off", True)
+    assert outcome_of(WorkflowRefused("no metadata")) == Failed("no metadata", True)  # not held
     assert outcome_of(PermanentError("denied")) == Failed("denied", True)
     assert outcome_of(TransientError("reset")) == Failed("reset", False)
     assert outcome_of(PushConflict("moved")) == Failed("moved", False)

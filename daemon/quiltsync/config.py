@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from quiltsync.core.message import DEFAULT_MESSAGE, template_problem
 from quiltsync.errors import ConfigError
 
 PACKAGE_NAME_RE = re.compile(r"[\w-]+/[\w-]+")
@@ -92,6 +93,26 @@ class FolderConfig(_Strict):
     ignore: list[str] = Field(default_factory=list)
     allow_unversioned: bool = False
     max_delete_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
+    message: str = DEFAULT_MESSAGE
+    # None: the bucket's default workflow (quilt3's); "": no workflow; else a workflow id
+    workflow: str | None = None
+    # None: keep the package's user_meta as it is; a table: the user_meta of every revision
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("message")
+    @classmethod
+    def _message_template(cls, v: str) -> str:
+        problem = template_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_json(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            _check_json(v, "")
+        return v
 
     @field_validator("package")
     @classmethod
@@ -257,6 +278,21 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out
+
+
+def _check_json(value: Any, where: str) -> None:
+    """Package metadata is stored as JSON: TOML's dates and times are not JSON values."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_json(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_json(v, f"{where}[{i}]")
+    elif isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        raise ValueError(f"{where!r} is {value!r}, which is not a JSON number")
+    elif not isinstance(value, (str, int, float, bool)):
+        raise ValueError(f"{where!r} is a TOML {type(value).__name__}, which package metadata (JSON) "
+                         f"cannot hold; quote it as a string, like \"{value}\"")
 
 
 def _reason(e: BaseException) -> str:

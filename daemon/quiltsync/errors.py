@@ -14,7 +14,9 @@ code and the CLI only ever see these::
     +-- PushRefused             pushing would be unsafe: held until the folder changes
     |   +-- DeletionsHeld       mass deletion, emptied or remounted folder: also held
     |   |                       in the index until `push --allow-deletes` releases it
-    |   +-- NotVersioned        the bucket keeps no versions: retried later, not held
+    |   +-- BucketRefuses       the bucket's settings refuse it: retried with backoff, not held
+    |       +-- NotVersioned    the bucket keeps no versions
+    |       +-- WorkflowRefused the bucket's Quilt workflow rejects name, message or metadata
     +-- SourceChanged           files changed during their upload: nothing published
     +-- RestoreError            a revision could not be restored or verified
 """
@@ -60,8 +62,18 @@ class DeletionsHeld(PushRefused):
     """Deletions an operator must confirm with `quiltsync push --allow-deletes`."""
 
 
-class NotVersioned(PushRefused):
+class BucketRefuses(PushRefused):
+    """The bucket's settings refuse the push: no change in the folder can fix it, a
+    change of the bucket or of the config can; retried with backoff, not held."""
+
+
+class NotVersioned(BucketRefuses):
     """The bucket's versioning is off: a permanent error until someone enables it."""
+
+
+class WorkflowRefused(BucketRefuses):
+    """The bucket's workflows config rejects the package name, message or metadata
+    (checked before any upload), or the folder's `workflow` cannot be used there."""
 
 
 class SourceChanged(QuiltsyncError):

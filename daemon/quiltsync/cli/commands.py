@@ -126,7 +126,8 @@ def history(ctx: Context, package: str, *, as_json: bool) -> int:
         rev = reg.revision(package, top)
         pinned = all("versionId=" in e.physical_key for e in rev.entries.values())
         revs.append({"time": _iso(stamp), "top_hash": top, "message": rev.meta.get("message"),
-                     "files": len(rev.entries), "pinned": pinned, "latest": top == latest})
+                     "files": len(rev.entries), "pinned": pinned, "latest": top == latest,
+                     "workflow": rev.meta.get("workflow"), "metadata": rev.meta.get("user_meta")})
     if as_json:
         ctx.emit(json.dumps({"package": package, "registry": folder.registry, "revisions": revs}, indent=2))
         return 0
@@ -134,7 +135,8 @@ def history(ctx: Context, package: str, *, as_json: bool) -> int:
         ctx.emit(f"{package}: no revisions in {folder.registry}")
     for r in revs:
         flags = ("pinned" if r["pinned"] else "UNPINNED") + ("  latest" if r["latest"] else "")
-        ctx.emit(f"{r['time']}  {r['top_hash']}  {r['files']:>6} files  {flags}  {r['message'] or ''}")
+        wf = f"  [workflow {r['workflow'].get('id')}]" if isinstance(r["workflow"], dict) and r["workflow"].get("id") else ""
+        ctx.emit(f"{r['time']}  {r['top_hash']}  {r['files']:>6} files  {flags}{wf}  {r['message'] or ''}")
     return 0
 
 

@@ -9,7 +9,25 @@ from typing import Any
 
 from quiltsync.core.types import Entry
 
-__all__ = ["top_hash_of"]
+__all__ = ["revision_meta", "top_hash_of"]
+
+
+def revision_meta(base_meta: Mapping[str, Any] | None, user_meta: dict[str, Any] | None,
+                  workflow: dict[str, Any] | None) -> dict[str, Any]:
+    """The package metadata of a new revision (without its message, set per push).
+
+    ``user_meta`` None keeps the base revision's (a folder without
+    ``[folder.metadata]`` leaves metadata set by others alone); the workflow stamp
+    is this push's, as quilt3 writes it (none: no ``workflow`` key). Other header
+    keys of the base are kept, as quilt3 keeps them.
+    """
+    meta = {k: v for k, v in (base_meta or {}).items() if k not in ("message", "workflow")}
+    meta.setdefault("version", "v0")
+    if user_meta is not None:
+        meta["user_meta"] = user_meta
+    if workflow is not None:
+        meta["workflow"] = workflow
+    return meta
 
 
 def top_hash_of(meta: dict[str, Any], entries: Mapping[str, Entry]) -> str:

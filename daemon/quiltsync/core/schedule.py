@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from quiltsync.errors import NotVersioned, PermanentError, PushRefused
+from quiltsync.errors import BucketRefuses, PermanentError, PushRefused
 
 DEFAULT_BACKOFF_CAP = 300.0
 PERMANENT_FIRST_DELAY = 30.0  # a permanent error is retried after this, doubling up to the cap
@@ -288,6 +288,19 @@ class Scheduler:
         self._record(folder, now, None, urgent=True)
         return True
 
+    def retry_now(self, package: str, now: float) -> bool:
+        """What failed the folder's pushes was fixed (a bucket's workflows config
+        now accepts it): its retry is due now instead of after the backoff.
+
+        Returns whether the folder was backing off (if not, nothing changes).
+        """
+        folder = self._folders.get(package)
+        if folder is None or folder.retry_at is None or folder.failures == 0:
+            return False
+        folder.retry_at = None
+        self._record(folder, now, None, urgent=True)
+        return True
+
     def pause(self) -> None:
         self._paused = True
 
@@ -362,11 +375,12 @@ class Scheduler:
 def outcome_of(error: Exception) -> Failed | Refused:
     """What a push's exception means for its folder's schedule.
 
-    Refused (held until a change or a release): an unsafe push, except a bucket
-    without versioning, which no change in the folder can fix (a permanent
-    failure, retried with backoff). Permanent: errors retrying cannot fix soon
+    Refused (held until a change or a release): an unsafe push, except one the
+    bucket's settings refuse (no versioning, a workflow that rejects the package),
+    which no change in the folder can fix (a permanent failure, retried with
+    backoff, so a fixed bucket is picked up). Permanent: errors retrying cannot fix soon
     (access denied, no such bucket). Everything else, bugs included, is transient.
     """
-    if isinstance(error, PushRefused) and not isinstance(error, NotVersioned):
+    if isinstance(error, PushRefused) and not isinstance(error, BucketRefuses):
         return Refused(str(error))
-    return Failed(str(error), isinstance(error, (PermanentError, NotVersioned)))
+    return Failed(str(error), isinstance(error, (PermanentError, BucketRefuses)))

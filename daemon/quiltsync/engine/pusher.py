@@ -13,8 +13,11 @@
 3. **Plan** (pure, ``core.planner``): added, modified, deleted; hashes only
    where stats cannot decide.
 4. **Safety** (pure, ``core.safety``): a mass deletion, an emptied or remounted
-   folder is refused and held (recorded in the index until released).
-5. **Publish**: upload and write the manifest without ``force``; another
+   folder is refused and held (recorded in the index until released); a bucket
+   without versioning is refused.
+5. **Publish**: render the commit message, check name, message and metadata
+   against the bucket's workflows config (``remote.workflows``: refused before
+   any upload), upload and write the manifest without ``force``; another
    writer's revision makes the pass rebase on it and plan again.
 6. **Commit** the index in one transaction, after the registry accepted.
 
@@ -31,9 +34,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from quiltsync.config import FolderConfig
-from quiltsync.core.manifest import top_hash_of
+from quiltsync.core.manifest import revision_meta, top_hash_of
+from quiltsync.core.message import MessageValues, render
 from quiltsync.core.planner import Plan, plan_push
 from quiltsync.core.safety import deletion_verdict
 from quiltsync.core.types import FileRecord, FileStat, HashValue, LastPush, PushResult, Revision
@@ -45,6 +50,7 @@ from quiltsync.errors import (
     PushRefused,
     SourceChanged,
     TransientError,
+    WorkflowRefused,
 )
 from quiltsync.local import hashing
 from quiltsync.local.index import Index
@@ -108,6 +114,7 @@ class FolderPusher:
         self._last: Base | None = None  # this process's last revision, trusted while the index agrees
         self._not_before = 0.0  # no push before this unix time (see _wait_for_next_second)
         self._hot: set[str] = set()  # keys that changed during an upload: pushed from still copies
+        self._refusal: str | None = None  # the refusal last logged: logged once, until a pass succeeds
 
     @property
     def state_dir(self) -> Path:
@@ -142,10 +149,12 @@ class FolderPusher:
                 if base.trusted and self.registry.latest(self.folder.package) != base.top_hash:
                     base = self._rebase(base, "latest moved since our last push; rebasing on it")
                     continue
-                self._adopt(base, plan, scan, recorded_ns)
-                self.log.info("push.skipped", reason="no changes", files=len(scan.files),
-                              hashed=plan.hashed, duration_ms=_ms_since(started))
-                return self._no_push(base, scan)
+                if not self._metadata_changed(base):
+                    self._adopt(base, plan, scan, recorded_ns)
+                    self._refusal = None
+                    self.log.info("push.skipped", reason="no changes", files=len(scan.files),
+                                  hashed=plan.hashed, duration_ms=_ms_since(started))
+                    return self._no_push(base, scan)
             self._check_safe(plan, scan, base, allow_deletes)
             self._check_versioning()
             try:
@@ -235,8 +244,15 @@ class FolderPusher:
         if held is None:
             return
         self.index.set_hold(self.folder.package, held.reason, time.time())
-        self.log.error("push.refused", reason=held.reason, deleted=held.deleted, files=held.files)
+        self._refused(held.reason, deleted=held.deleted, files=held.files)
         raise DeletionsHeld(f"{self.folder.package}: {held.reason}")
+
+    def _refused(self, reason: str, **fields: object) -> None:
+        """Log ``push.refused`` once per reason: a retry that is refused again for
+        the same reason adds nothing to the log."""
+        if reason != self._refusal:
+            self.log.error("push.refused", reason=reason, **fields)
+        self._refusal = reason
 
     def _check_versioning(self) -> None:
         """Refuse to push to a bucket that does not keep versions (FACTS.md: an old
@@ -255,8 +271,34 @@ class FolderPusher:
                   f"(quilt3 would silently return the newest bytes); enable it with `aws s3api "
                   f"put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled`, "
                   "or set allow_unversioned = true for this folder")
-        self.log.error("push.refused", reason=reason)
+        self._refused(reason)
         raise NotVersioned(f"{self.folder.package}: {reason}")
+
+    def _metadata_changed(self, base: Base) -> bool:
+        """``[folder.metadata]`` differs from the latest revision's: worth a revision
+        of its own, even when no file changed."""
+        return (self.folder.metadata is not None and base.revision is not None
+                and base.revision.meta.get("user_meta") != self.folder.metadata)
+
+    def _revision_meta(self, base: Base, message: str, uploads: _Uploads, deleted: list[str]) -> dict[str, Any]:
+        """The new revision's package metadata, with the stamp of the bucket's
+        workflow; WorkflowRefused (before any upload) when the workflow rejects it."""
+        meta = revision_meta(base.revision.meta if base.revision else None, self.folder.metadata, None)
+        entries = base.revision.entries if base.revision else {}
+        gone = set(deleted) | set(uploads.sources)
+
+        def rows() -> list[tuple[str, int, dict[str, Any]]]:
+            out = [(lk, e.size, (e.meta or {}).get("user_meta") or {}) for lk, e in entries.items() if lk not in gone]
+            return out + [(lk, size, {}) for lk, (_src, size) in uploads.sources.items()]
+
+        try:
+            stamp = self.registry.workflow_stamp(self.folder.package, workflow=self.folder.workflow,
+                                                 message=message, user_meta=meta.get("user_meta") or {},
+                                                 entries=rows)
+        except WorkflowRefused as e:
+            self._refused(str(e), check="workflow")
+            raise WorkflowRefused(f"{self.folder.package}: {e}") from None
+        return revision_meta(meta, None, stamp)
 
     # -- 5. upload and publish ------------------------------------------------------------
     def _upload_and_publish(self, plan: Plan, scan: Scan, base: Base, started: float,
@@ -264,7 +306,8 @@ class FolderPusher:
         copies = StillCopies(self.folder, self.state_dir)
         try:
             uploads = self._sources(plan, scan, defer_moving, copies)
-            if not uploads.sources and not plan.deleted:  # all deferred, vanished or unreadable
+            if not uploads.sources and not plan.deleted and not self._metadata_changed(base):
+                # all deferred, vanished or unreadable
                 return self._no_push(base, scan, uploads.skipped)
             return self._publish(plan, scan, base, started, recorded_ns, uploads)
         finally:
@@ -297,21 +340,25 @@ class FolderPusher:
 
     def _publish(self, plan: Plan, scan: Scan, base: Base, started: float, recorded_ns: int,
                  uploads: _Uploads) -> PushResult:
-        self._wait_for_next_second(base.recorded)
-        self.log.info("push.started", uploads=len(uploads.sources), deletes=len(plan.deleted),
-                      parent_top_hash=base.top_hash)
         counts = {"added": sum(k in uploads.sources for k in plan.added),
                   "modified": sum(k in uploads.sources for k in plan.modified),
                   "deleted": len(plan.deleted)}
-        message = (f"quiltsync@{socket.gethostname()}: {counts['added']} added, "
-                   f"{counts['modified']} modified, {counts['deleted']} deleted")
+        before = base.revision.entries if base.revision else {}
+        files = len((set(before) - set(plan.deleted)) | set(uploads.sources))
+        message = render(self.folder.message, MessageValues(
+            socket.gethostname(), self.folder.package, str(self.folder.path), files=files, when=self.clock(),
+            **counts))
+        meta = self._revision_meta(base, message, uploads, plan.deleted)
+        self._wait_for_next_second(base.recorded)
+        self.log.info("push.started", uploads=len(uploads.sources), deletes=len(plan.deleted),
+                      parent_top_hash=base.top_hash)
 
         def changed_sources() -> list[str]:
             return sorted(lk for lk, path in uploads.direct.items() if _stat_or_none(path) != uploads.stats[lk])
 
         try:
             new = self.registry.push(self.folder.package, base.revision, uploads.sources, plan.deleted,
-                                     message, changed_sources)
+                                     message=message, meta=meta, changed_sources=changed_sources)
         except SourceChanged as e:
             self._hot.update(e.keys)
             self.log.warning("push.aborted", keys=e.keys[:20], count=len(e.keys),
@@ -319,6 +366,7 @@ class FolderPusher:
                                     "they are pushed from a still copy next round")
             return self._no_push(base, scan, sorted([*e.keys, *uploads.skipped]))
         self._hot.difference_update(uploads.sources)
+        self._refusal = None
         changed = [lk for lk, st in uploads.stats.items() if _stat_or_none(self.folder.path / lk) != st]
         self._commit(new, base, plan, scan, uploads, recorded_ns)
         result = PushResult(

@@ -17,7 +17,7 @@ import contextlib
 import io
 import re
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +65,17 @@ _TRANSIENT_EXC = (
 )
 
 
+class _Stamped(quilt3.Package):
+    """A package whose workflow was checked before its uploads (remote/workflows.py):
+    quilt3's push takes the stamp from that check instead of reading the bucket's
+    workflows config again after the check, so what was validated is what is written."""
+
+    def _validate_with_workflow(self, *, registry: Any, workflow: Any, name: str, message: str | None) -> None:
+        self._workflow = workflow  # the stamp dict, or None: no workflow
+
+
 def _package(meta: dict, entries: Mapping[str, Entry]) -> quilt3.Package:
-    pkg = quilt3.Package()
+    pkg = _Stamped()
     pkg._meta = dict(meta)
     for lk, e in entries.items():
         pkg._set(lk, PackageEntry(PhysicalKey.from_url(e.physical_key), e.size,
@@ -205,6 +214,23 @@ class Registry:
                         out.append((int(stamp), body.decode().strip()))
         return sorted(out)
 
+    # -- workflows -------------------------------------------------------------
+    def workflows(self) -> Any:
+        """The bucket's workflows config as it is now (``workflows.Workflows``)."""
+        from quiltsync.remote import workflows
+
+        return workflows.read(self.bucket, self.s3)
+
+    def workflow_stamp(self, name: str, *, workflow: str | None, message: str | None,
+                       user_meta: dict[str, Any],
+                       entries: Callable[[], Iterable[tuple[str, int, dict[str, Any]]]]) -> dict[str, Any] | None:
+        """Check a push against the bucket's current workflows config, before any
+        upload: the stamp for the manifest header, or WorkflowRefused."""
+        from quiltsync.remote import workflows
+
+        return workflows.check(self.workflows(), name=name, choice=workflow, message=message,
+                               user_meta=user_meta, entries=entries)
+
     # -- the push -------------------------------------------------------------
     def push(
         self,
@@ -212,11 +238,14 @@ class Registry:
         base: Revision | None,
         uploads: Mapping[str, tuple[Path, int]],
         deletes: list[str],
-        message: str,
+        *,
+        message: str | None,
+        meta: Mapping[str, Any],
         changed_sources: Callable[[], list[str]] | None = None,
     ) -> Revision:
         """Push ``base`` with ``uploads`` (logical key -> (local file, size)) and
-        ``deletes`` removed.
+        ``deletes`` removed, as a revision with the package metadata ``meta``
+        (``user_meta``, and ``workflow``: the stamp of ``workflow_stamp``).
 
         After the uploads and before the manifest is written, ``changed_sources()``
         names files that changed meanwhile (quilt3 stores what it read, sized as
@@ -239,7 +268,7 @@ class Registry:
             # revision of another registry, this one would point at bytes it has not.
             raise PermanentError(f"refusing to push {name} to {self.identity} on a revision read from "
                                  f"{base.registry or 'an unknown registry'}; this is a bug")
-        pkg = _package(base.meta if base else {"version": "v0"}, base.entries if base else {})
+        pkg = _package({k: v for k, v in meta.items() if k != "workflow"}, base.entries if base else {})
         if base is not None:
             pkg._origin = PackageRevInfo(self.url, name, base.top_hash)
         with mapped_errors(f"pushing {name} to {self.url}"):
@@ -249,7 +278,7 @@ class Registry:
                 pkg.delete(lk)
             # _push(print_info=False): the public push() prints, and to print the
             # short hash it LISTs all of .quilt/packages/ (grows with history).
-            new = pkg._push(name, self.url, None, message, None, workflow=...,
+            new = pkg._push(name, self.url, None, message, None, workflow=meta.get("workflow"),
                             print_info=False, force=False, dedupe=False,
                             copy_file_list_fn=copy_then_check)
         # Unchanged entries are the base's: only read back what this push set.

@@ -30,7 +30,7 @@ from typing import Any
 
 from quiltsync.config import Config, FolderConfig, load_config
 from quiltsync.core.schedule import Scheduler, Timing
-from quiltsync.errors import ConfigError
+from quiltsync.errors import ConfigError, WorkflowRefused
 from quiltsync.local.index import Index
 from quiltsync.local.locks import DaemonLock
 from quiltsync.logs import get_logger
@@ -60,6 +60,7 @@ class _Folder:
     generation: int
     root: RootState
     last_push: float | None = None  # wall time
+    refused: bool = False  # its last push was refused by the bucket's workflow
 
 
 @dataclass(slots=True)
@@ -257,9 +258,16 @@ class Daemon:
     # -- pushes (service/pushes.py) --------------------------------------------------------
     def _push_done(self, package: str, now: float) -> None:
         start, st, result = self.pushes.finish(package, now)
-        if result is not None:
+        if isinstance(result, Exception):
+            if isinstance(result, WorkflowRefused) and self.monitor is not None:
+                st.refused = True  # shown by `status` now, not at the next health run
+                self.monitor.note(CheckResult("workflow", package, "fail", f"pushes are refused: {result}"))
+        else:
             if result.pushed:
                 st.last_push = time.time()
+            if st.refused and self.monitor is not None:
+                st.refused = False
+                self.monitor.note(CheckResult("workflow", package, "ok", "the workflow accepts this folder again"))
             if start.batch.full:
                 self.log.info("rescan.completed", package=package, files=result.files,
                               pushed=result.pushed, top_hash=result.top_hash)
@@ -286,6 +294,9 @@ class Daemon:
     def _health_done(self, fut: Future[Any], now: float) -> None:
         assert self.monitor is not None
         self.monitor.done(fut, self._stuck_checks(now))
+        for pkg, st in self.folders.items():  # a fixed workflows config: retry now, not after the backoff
+            if st.refused and self.monitor.ok("workflow", pkg) and self.schedule.retry_now(pkg, now):
+                self.log.info("push.retrying", package=pkg, detail="the bucket's workflow accepts the folder now")
         self.notifier.status(self._status_line())
 
     def _stuck_checks(self, now: float) -> list[CheckResult]:

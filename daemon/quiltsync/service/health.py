@@ -1,7 +1,8 @@
 """Health checks: can every folder be versioned safely, and is quilt3's cache sound?
 
 Each check has a name used in ``health.*`` events and in ``quiltsync check``:
-registry, versioning, manifest_pinned, credentials, cache, watches, stuck. A
+registry, versioning, manifest_pinned, workflow, credentials, cache, watches,
+stuck. A
 result is ``fail`` (versions are at risk: `check` exits 1) or ``warn`` (worth
 fixing: a stale cache, a credentials override). Network checks use a client
 with short timeouts and run off the daemon's push loop.
@@ -10,13 +11,18 @@ with short timeouts and run off the daemon's push loop.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from quiltsync.config import Config, FolderConfig
-from quiltsync.errors import QuiltsyncError
+from quiltsync.core.manifest import revision_meta
+from quiltsync.core.message import MessageValues, render
+from quiltsync.core.types import Revision
+from quiltsync.errors import QuiltsyncError, WorkflowRefused
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +47,11 @@ def run_all(config: Config, *, installed_watches: Callable[[], int] | None = Non
         if r.ok:
             reachable.add(bucket)
             out.append(check_versioning(bucket, folders))
-            out.extend(check_manifest_pinned(f) for f in folders)
+            workflows = _read_workflows(bucket)
+            for f in folders:
+                latest = _latest(f)
+                out.append(check_manifest_pinned(f, latest))
+                out.append(check_workflow(f, workflows, latest))
     out.append(check_credentials())
     out.append(check_cache(config))
     out.extend(check_watches(config.folder, installed_watches))
@@ -86,14 +96,31 @@ def check_versioning(bucket: str, folders: list[FolderConfig]) -> CheckResult:
                           "; pushes are refused until then"))
 
 
-def check_manifest_pinned(folder: FolderConfig) -> CheckResult:
-    from quiltsync.remote.registry import Registry, unpinned_keys
+def _latest(folder: FolderConfig) -> Revision | QuiltsyncError | None:
+    """The package's latest revision, read once for the checks that need it."""
+    from quiltsync.remote.registry import Registry
+
+    try:
+        return Registry(folder.registry).latest_revision(folder.package)
+    except QuiltsyncError as e:
+        return e
+
+
+def _read_workflows(bucket: str) -> Any:
+    from quiltsync.remote.registry import Registry
+
+    try:
+        return Registry(f"s3://{bucket}").workflows()
+    except QuiltsyncError as e:
+        return e
+
+
+def check_manifest_pinned(folder: FolderConfig, rev: Revision | QuiltsyncError | None) -> CheckResult:
+    from quiltsync.remote.registry import unpinned_keys
 
     target = folder.package
-    try:
-        rev = Registry(folder.registry).latest_revision(folder.package)
-    except QuiltsyncError as e:
-        return CheckResult("manifest_pinned", target, "fail", f"cannot read the latest manifest: {e}")
+    if isinstance(rev, QuiltsyncError):
+        return CheckResult("manifest_pinned", target, "fail", f"cannot read the latest manifest: {rev}")
     if rev is None:
         return CheckResult("manifest_pinned", target, "ok", "no revision yet")
     bad = unpinned_keys(rev.entries)
@@ -104,6 +131,45 @@ def check_manifest_pinned(folder: FolderConfig) -> CheckResult:
                        f"latest {rev.top_hash[:12]}: {len(bad)} of {len(rev.entries)} entries have no "
                        f"versionId (first: {bad[0]!r}); it was pushed without versioning and cannot be "
                        "restored exactly; the next push re-pins changed files only")
+
+
+def check_workflow(folder: FolderConfig, workflows: Any, latest: Revision | QuiltsyncError | None) -> CheckResult:
+    """Which workflow the folder's pushes get, and whether its name, message and
+    metadata (and, where the workflow has an entries schema, its files) pass it:
+    the same check a push makes before uploading."""
+    from quiltsync.local.scanner import RootUnavailable, make_ignore_spec, scan_folder
+    from quiltsync.remote.workflows import check
+
+    target = folder.package
+    if isinstance(workflows, QuiltsyncError):
+        status = "fail" if isinstance(workflows, WorkflowRefused) else "warn"
+        return CheckResult("workflow", target, status, str(workflows))
+    base = latest if isinstance(latest, Revision) else None
+    meta = revision_meta(base.meta if base else None, folder.metadata, None)
+    message = render(folder.message, MessageValues(socket.gethostname(), folder.package, str(folder.path),
+                                                   1, 0, 0, len(base.entries) + 1 if base else 1, time.time()))
+
+    def entries() -> list[tuple[str, int, dict[str, Any]]]:
+        try:
+            scan = scan_folder(folder.path, make_ignore_spec(folder.ignore))
+        except RootUnavailable:
+            return []
+        old = base.entries if base else {}
+        return [(lk, st.size, ((old[lk].meta or {}).get("user_meta") or {}) if lk in old else {})
+                for lk, st in scan.files.items()]
+
+    try:
+        check(workflows, name=folder.package, choice=folder.workflow, message=message,
+              user_meta=meta.get("user_meta") or {}, entries=entries)
+    except WorkflowRefused as e:
+        return CheckResult("workflow", target, "fail", f"pushes are refused: {e}")
+    except QuiltsyncError as e:
+        return CheckResult("workflow", target, "warn", f"cannot check the workflow now: {e}")
+    what = workflows.describe(folder.workflow)
+    if workflows.config is None:
+        return CheckResult("workflow", target, "ok", what)
+    version = f", config version {workflows.version_id}" if workflows.version_id else ""
+    return CheckResult("workflow", target, "ok", f"{what}{version}: name, message and metadata pass")
 
 
 def check_credentials() -> CheckResult:

@@ -46,11 +46,24 @@ class HealthMonitor:
             results = [CheckResult("registry", "health checks", "fail", f"{type(e).__name__}: {e}")]
         for r in [*results, *extra]:
             self._record(r)
+        self._write()
+
+    def _write(self) -> None:
         try:
             self.index.write_health(
                 [(r.check, r.target, r.status, r.detail) for r in self.results.values()], time.time())
         except Exception as e:
             self.log.warning("health.record_failed", error=str(e))
+
+    def note(self, result: CheckResult) -> None:
+        """A result learnt outside a run (a push refused by the bucket's workflow)."""
+        self._record(result)
+        self._write()
+
+    def ok(self, check: str, target: str) -> bool | None:
+        """Whether the last result of ``check`` for ``target`` was ok (None: none yet)."""
+        r = self.results.get((check, target))
+        return None if r is None else r.ok
 
     def failing(self) -> list[str]:
         return sorted({r.check for r in self.results.values() if r.status == "fail"})

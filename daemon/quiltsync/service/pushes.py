@@ -15,7 +15,7 @@ from typing import Any
 
 from quiltsync.core.schedule import Failed, Pushed, Scheduler, Start, outcome_of
 from quiltsync.core.types import PushResult
-from quiltsync.errors import NotVersioned, QuiltsyncError
+from quiltsync.errors import BucketRefuses, QuiltsyncError
 from quiltsync.remote.settings import PARALLEL_PUSHES
 
 
@@ -43,14 +43,14 @@ class Pushes:
     def _poster(self, package: str) -> Callable[[Future[PushResult]], None]:
         return lambda _fut: self.post_done(package)  # on the pool's thread
 
-    def finish(self, package: str, now: float) -> tuple[Start, Any, PushResult | None]:
-        """The push of ``package`` ended: tell the scheduler; (start, folder, result or None)."""
+    def finish(self, package: str, now: float) -> tuple[Start, Any, PushResult | Exception]:
+        """The push of ``package`` ended: tell the scheduler; (start, folder, result or error)."""
         start, fut, st = self.running.pop(package)
         try:
             result = fut.result()
         except Exception as e:
             self._failed(start, st, e, now)
-            return start, st, None
+            return start, st, e
         self.schedule.finished(package, start.generation, now, Pushed(bool(result.changed_during_push)))
         if self.metrics is not None:
             self.metrics.push_done(package, result)
@@ -65,7 +65,7 @@ class Pushes:
             return
         if self.metrics is not None:
             self.metrics.push_failed(start.package)
-        if retry is not None and retry.report and isinstance(e, QuiltsyncError) and not isinstance(e, NotVersioned):
+        if retry is not None and retry.report and isinstance(e, QuiltsyncError) and not isinstance(e, BucketRefuses):
             self.log.warning("push.failed", package=start.package, registry=st.config.registry, error=str(e),
                              attempt=retry.attempt, retry_in_s=retry.delay, permanent=outcome.permanent)
 
