@@ -93,6 +93,15 @@ def manifest_header(local_s3, setup: Setup, top_hash: str) -> dict:
     return json.loads(body.read().decode().splitlines()[0])
 
 
+def refused_push(setup: Setup, local_s3) -> str:
+    """`push` as a user runs it: exit 1, one push.refused, nothing stored; its reason."""
+    push = setup.cli("push")
+    assert push.returncode == 1 and "Traceback" not in push.stderr, push.stderr
+    [refused] = [e for e in json_events(push.stderr) if e.get("event") == "push.refused"]
+    assert stored(local_s3, setup) == (0, 0)  # not one object uploaded, no manifest
+    return refused["reason"]
+
+
 def check_line(stdout: str, status: str) -> str:
     return next(line for line in stdout.splitlines() if line.startswith(status) and " workflow " in line)
 
@@ -173,12 +182,9 @@ def test_no_workflow_on_a_bucket_that_requires_one_is_refused_clearly(setup: Set
     put_workflows(local_s3, setup)
     configure(setup, 'workflow = ""\n')
     (setup.folder / "a.txt").write_text("a")
-    push = setup.cli("push")
-    assert push.returncode == 1
-    [refused] = [e for e in json_events(push.stderr) if e.get("event") == "push.refused"]
-    assert "requires a workflow" in refused["reason"] and 'workflow = ""' in refused["reason"]
-    assert "experiment, lab, raw, small" in refused["reason"]
-    assert stored(local_s3, setup) == (0, 0)
+    reason = refused_push(setup, local_s3)
+    assert "requires a workflow" in reason and 'workflow = ""' in reason
+    assert "experiment, lab, raw, small" in reason
     assert "requires a workflow" in check_line(setup.cli("check").stdout, "fail")
 
 
@@ -199,9 +205,7 @@ def test_a_package_name_the_workflow_rejects_is_reported_by_check_and_push(setup
     (setup.folder / "a.txt").write_text("a")
     line = check_line(setup.cli("check").stdout, "fail")
     assert "'team/data' does not match its handle_pattern '^lab/'" in line
-    push = setup.cli("push")
-    assert push.returncode == 1 and "handle_pattern" in push.stderr
-    assert stored(local_s3, setup) == (0, 0)
+    assert "handle_pattern" in refused_push(setup, local_s3)
     # A package name that matches goes through.
     configure(setup, 'workflow = "lab"\n', package="lab/data")
     assert setup.cli("push", check=True).stdout.startswith("lab/data ")
@@ -212,12 +216,9 @@ def test_an_entries_schema_names_the_file_that_breaks_it(setup: Setup, local_s3)
     configure(setup, 'workflow = "small"\n')
     (setup.folder / "ok.txt").write_text("small")
     (setup.folder / "big.bin").write_bytes(b"x" * 500)
-    push = setup.cli("push")
-    assert push.returncode == 1
-    [refused] = [e for e in json_events(push.stderr) if e.get("event") == "push.refused"]
-    assert "entries fails schema 'small'" in refused["reason"] and "'big.bin'" in refused["reason"]
-    assert "500 is greater than the maximum of 100" in refused["reason"]
-    assert stored(local_s3, setup) == (0, 0)
+    reason = refused_push(setup, local_s3)
+    assert "entries fails schema 'small'" in reason and "'big.bin'" in reason
+    assert "500 is greater than the maximum of 100" in reason
 
 
 def test_a_bucket_without_workflows_config_checks_ok_and_refuses_a_named_workflow(setup: Setup, local_s3) -> None:
