@@ -32,6 +32,14 @@ PACKAGE_NAME_RE = re.compile(r"[\w-]+/[\w-]+")
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
+def registry_url(v: str) -> str:
+    """``s3://BUCKET`` (a trailing slash dropped), or ValueError naming what is wrong."""
+    m = re.fullmatch(r"s3://([^/]+)/?", v)
+    if not m or not BUCKET_RE.fullmatch(m.group(1)):
+        raise ValueError(f"expected 's3://BUCKET' with a valid bucket name and no path, got {v!r}")
+    return f"s3://{m.group(1)}"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -128,12 +136,7 @@ class FolderConfig(_Strict):
     @field_validator("registry")
     @classmethod
     def _registry_url(cls, v: str) -> str:
-        m = re.fullmatch(r"s3://([^/]+)/?", v)
-        if not m or not BUCKET_RE.fullmatch(m.group(1)):
-            raise ValueError(
-                f"expected 's3://BUCKET' with a valid bucket name and no path, got {v!r}"
-            )
-        return f"s3://{m.group(1)}"
+        return registry_url(v)
 
     @field_validator("path")
     @classmethod

@@ -115,49 +115,6 @@ def status(ctx: Context, *, as_json: bool) -> int:
     return 0
 
 
-def history(ctx: Context, package: str, *, as_json: bool) -> int:
-    from quiltsync.remote.registry import Registry
-
-    folder = ctx.config.folder_by_package(package)
-    reg = Registry(folder.registry)
-    latest = reg.latest(package)
-    revs = []
-    for stamp, top in reg.versions(package):
-        rev = reg.revision(package, top)
-        pinned = all("versionId=" in e.physical_key for e in rev.entries.values())
-        revs.append({"time": _iso(stamp), "top_hash": top, "message": rev.meta.get("message"),
-                     "files": len(rev.entries), "pinned": pinned, "latest": top == latest,
-                     "workflow": rev.meta.get("workflow"), "metadata": rev.meta.get("user_meta")})
-    if as_json:
-        ctx.emit(json.dumps({"package": package, "registry": folder.registry, "revisions": revs}, indent=2))
-        return 0
-    if not revs:
-        ctx.emit(f"{package}: no revisions in {folder.registry}")
-    for r in revs:
-        flags = ("pinned" if r["pinned"] else "UNPINNED") + ("  latest" if r["latest"] else "")
-        wf = f"  [workflow {r['workflow'].get('id')}]" if isinstance(r["workflow"], dict) and r["workflow"].get("id") else ""
-        ctx.emit(f"{r['time']}  {r['top_hash']}  {r['files']:>6} files  {flags}{wf}  {r['message'] or ''}")
-    return 0
-
-
-def restore(ctx: Context, package: str, top_hash: str, dest: Path, *, force: bool = False) -> int:
-    from quiltsync.engine.restore import restore as do_restore
-    from quiltsync.remote.registry import Registry
-
-    folder = ctx.config.folder_by_package(package)
-    report = do_restore(Registry(folder.registry), package, top_hash, dest, force=force)
-    logs.get_logger("quiltsync.restore").info(
-        "restore.completed", package=package, top_hash=report.top_hash, dest=str(report.dest),
-        files=report.files, bytes=report.bytes, from_cache=len(report.from_cache),
-        from_s3=report.files - len(report.from_cache))
-    for lk in sorted(report.sources):
-        ctx.emit(f"  {report.sources[lk]:<5}  {lk}")
-    ctx.emit(f"restored {package}@{report.top_hash} into {report.dest}: "
-             f"{report.verified} of {report.files} files verified, {report.bytes} bytes; "
-             f"{len(report.from_cache)} from the local cache, {report.files - len(report.from_cache)} from S3")
-    return 0
-
-
 def check(ctx: Context) -> int:
     from quiltsync.service.health import CheckResult, run_all
 

@@ -55,20 +55,52 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="per folder state, no network")
     status.add_argument("--json", action="store_true", help="one JSON document")
 
-    history = sub.add_parser("history", parents=[common], help="revisions of a package")
+    registry = _Parser(add_help=False)
+    registry.add_argument("--registry", metavar="s3://BUCKET",
+                          help="a package that is not in the config (with the config's [s3] settings)")
+
+    history = sub.add_parser("history", parents=[common, registry], help="revisions of a package")
     history.add_argument("package")
     history.add_argument("--json", action="store_true", help="one JSON document")
+    history.add_argument("--path", metavar="P", help="only the revisions in which this file or folder changed")
+    history.add_argument("--limit", metavar="N", type=_positive, help="only the newest N revisions shown")
 
-    restore = sub.add_parser("restore", parents=[common], help="install a revision and verify it")
+    which = _Parser(add_help=False)
+    pick = which.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--top-hash", metavar="H", help="a top_hash or a unique prefix of 6+ hex digits")
+    pick.add_argument("--at", metavar="TIME",
+                      help="the revision that was latest at TIME (ISO-8601, UTC when no zone; or a date)")
+
+    restore = sub.add_parser("restore", parents=[common, registry, which], help="install a revision and verify it")
     restore.add_argument("package")
-    restore.add_argument("--top-hash", required=True, metavar="H")
     restore.add_argument("--dest", required=True, metavar="DIR", type=Path)
+    restore.add_argument("--path", metavar="P", action="append", help="only this file or folder (repeatable)")
     restore.add_argument("--force", action="store_true",
                          help="restore even a revision whose entries are not pinned to object versions")
+
+    diff = sub.add_parser("diff", parents=[common, registry], help="what changed between two revisions")
+    diff.add_argument("package")
+    diff.add_argument("old", metavar="FROM", help="a top_hash prefix or a time")
+    diff.add_argument("new", metavar="TO", nargs="?", help="a top_hash prefix or a time (default: the folder now)")
+    diff.add_argument("--json", action="store_true", help="one JSON document")
+
+    revert = sub.add_parser("revert", parents=[common, which],
+                            help="write files' old bytes back into the watched folder")
+    revert.add_argument("package")
+    revert.add_argument("--path", metavar="P", action="append", required=True,
+                        help="a file or folder to bring back (repeatable)")
+    revert.add_argument("--force", action="store_true",
+                        help="overwrite files whose current content is not pushed yet")
 
     demo = sub.add_parser("demo", parents=[common], help="the embedded demo behind `make demo`")
     demo.add_argument("--workdir", type=Path, help="keep the demo folder here (default: a temp dir)")
     return p
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,8 +210,16 @@ def _dispatch(args: argparse.Namespace, out: object) -> int:
         return commands.doctor(ctx, fix=args.fix)
     if args.command == "status":
         return commands.status(ctx, as_json=args.json)
+    from quiltsync.cli import revisions
+
     if args.command == "history":
-        return commands.history(ctx, args.package, as_json=args.json)
+        return revisions.history(ctx, args.package, as_json=args.json, path=args.path, limit=args.limit,
+                                registry=args.registry)
     if args.command == "restore":
-        return commands.restore(ctx, args.package, args.top_hash, args.dest, force=args.force)
+        return revisions.restore(ctx, args.package, args.top_hash, args.at, args.dest, paths=args.path,
+                                force=args.force, registry=args.registry)
+    if args.command == "diff":
+        return revisions.diff(ctx, args.package, args.old, args.new, as_json=args.json, registry=args.registry)
+    if args.command == "revert":
+        return revisions.revert(ctx, args.package, args.top_hash, args.at, args.path, force=args.force)
     raise UsageError(f"unknown command {args.command!r}")

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from quiltsync.core.diff import under
 from quiltsync.core.types import Revision
 from quiltsync.errors import RestoreError
 from quiltsync.local import hashing
@@ -66,13 +67,30 @@ def resolve_top_hash(registry: Registry, package: str, top_hash: str) -> str:
     return matches[0]
 
 
+def select_paths(rev: Revision, paths: list[str], package: str) -> Revision:
+    """Only the entries at or under ``paths`` (files or folders, relative to the package)."""
+    wanted = [p.strip("/") for p in paths]
+    missing = [p for p in wanted if not any(under(lk, p) for lk in rev.entries)]
+    if missing:
+        raise RestoreError(f"{package}@{rev.top_hash[:12]} has no file or folder {missing[0]!r}"
+                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    entries = {lk: e for lk, e in rev.entries.items() if any(under(lk, p) for p in wanted)}
+    return Revision(rev.top_hash, rev.meta, entries, rev.registry)
+
+
 def restore(registry: Registry, package: str, top_hash: str, dest: Path, *,
-            force: bool = False) -> RestoreReport:
+            force: bool = False, revision: Revision | None = None,
+            paths: list[str] | None = None) -> RestoreReport:
+    """Restore ``top_hash`` (or the already read ``revision``) into ``dest``; with
+    ``paths``, only those files and folders."""
     dest = dest.absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise RestoreError(f"--dest {dest}: exists and is not an empty directory; choose a new directory")
-    top_hash = resolve_top_hash(registry, package, top_hash)
-    rev = registry.revision(package, top_hash)
+    if revision is None:
+        top_hash = resolve_top_hash(registry, package, top_hash)
+        revision = registry.revision(package, top_hash)
+    rev = select_paths(revision, paths, package) if paths else revision
+    top_hash = rev.top_hash
     bad = [(lk, why) for lk in rev.entries if (why := unsafe_key(lk))]
     if bad:
         lk, why = bad[0]

@@ -21,6 +21,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from quiltsync.core.manifest import ManifestError
+from quiltsync.core.manifest import parse_manifest as parse_manifest_bytes
 from quiltsync.core.types import Entry, HashValue, Revision
 from quiltsync.errors import (
     PermanentError,
@@ -181,15 +183,27 @@ class Registry:
 
     def revision(self, name: str, top_hash: str) -> Revision:
         """A revision's manifest, read from S3 and checked against its top_hash."""
+        return self.parse_revision(top_hash, self.manifest_bytes(top_hash))
+
+    def manifest_bytes(self, top_hash: str) -> bytes:
         key = f".quilt/packages/{top_hash}"
         with mapped_errors(f"reading manifest s3://{self.bucket}/{key}"):
-            data = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            pkg = quilt3.Package.load(io.BytesIO(data))
-        if pkg.top_hash != top_hash:
-            raise PermanentError(
-                f"manifest s3://{self.bucket}/{key} does not hash to its name; the registry is damaged"
-            )
-        return Revision(top_hash, dict(pkg._meta), _entries_of(pkg), self.identity)
+            try:
+                return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+            except bce.ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    raise PermanentError(f"no manifest s3://{self.bucket}/{key}: the revision's manifest "
+                                         "was deleted, or the top_hash is not of this registry") from None
+                raise
+
+    def parse_revision(self, top_hash: str, data: bytes) -> Revision:
+        """A manifest's bytes as a revision of this registry, checked against its top_hash."""
+        try:
+            meta, entries = parse_manifest_bytes(data, top_hash)
+        except ManifestError as e:
+            raise PermanentError(f"manifest s3://{self.bucket}/.quilt/packages/{top_hash}: {e}; "
+                                 "the registry is damaged") from None
+        return Revision(top_hash, meta, entries, self.identity)
 
     def versioning(self) -> str | None:
         """The bucket's versioning status (cached; see ``bucket_versioning``)."""
@@ -199,6 +213,30 @@ class Registry:
     def latest_revision(self, name: str) -> Revision | None:
         top = self.latest(name)
         return None if top is None else self.revision(name, top)
+
+    def pointers(self, name: str) -> list[tuple[int, str]]:
+        """(unix time, ETag) of every revision pointer, by one LIST (per 1,000)."""
+        prefix = f".quilt/named_packages/{name}/"
+        out: list[tuple[int, str]] = []
+        with mapped_errors(f"listing s3://{self.bucket}/{prefix}"):
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    stamp = obj["Key"][len(prefix):]
+                    if stamp.isdigit():
+                        out.append((int(stamp), str(obj.get("ETag", ""))))
+        return sorted(out)
+
+    def read_pointer(self, name: str, stamp: int) -> str | None:
+        """The top_hash a timestamp pointer names (None: it is gone)."""
+        key = f".quilt/named_packages/{name}/{stamp}"
+        with mapped_errors(f"reading s3://{self.bucket}/{key}"):
+            try:
+                body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except bce.ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+        return str(body.decode().strip())
 
     def versions(self, name: str) -> list[tuple[int, str]]:
         """(unix time, top_hash) of every revision pointer, oldest first."""

@@ -1,0 +1,172 @@
+"""A package's revisions, read cheaply: what `history`, `restore`, `diff` and `revert` ask.
+
+``Catalog`` pairs a registry with the per-user ``RevisionCache``: the list of
+revisions costs one LIST (per 1,000 pointers) plus a GET only for pointers not
+seen before (or rewritten: a new ETag); a manifest is read from S3 once per
+top_hash, verified, and kept; the changes between two revisions are computed
+once. A revision is named by a top_hash prefix (6+ hex digits) or by a time
+(the revision that was latest then).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quiltsync.core.diff import Change, diff_entries, pick_at
+from quiltsync.core.types import Entry, Revision
+from quiltsync.errors import PermanentError, UsageError
+from quiltsync.local import hashing
+from quiltsync.local.revcache import RevisionCache
+from quiltsync.remote.registry import Registry, unpinned_keys
+
+_HEX = re.compile(r"[0-9a-f]{6,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Picked:
+    """A revision a command resolved, and why it was that one (for the output)."""
+
+    stamp: int | None  # the pointer's unix time, when known
+    top_hash: str
+    why: str
+
+
+def parse_time(text: str) -> float:
+    """ISO-8601 (UTC when no zone is given), or a plain date (its midnight, UTC)."""
+    t = text.strip()
+    try:
+        moment = dt.datetime.fromisoformat(t.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{text!r}: expected a top_hash prefix (6+ hex digits) or a time like "
+                         "2026-11-28, 2026-11-28T14:30 or 2026-11-28T14:30:00+01:00") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Catalog:
+    def __init__(self, registry: Registry, package: str, cache: RevisionCache | None = None) -> None:
+        self.registry = registry
+        self.package = package
+        self.cache = cache if cache is not None else RevisionCache()
+        self._revisions: list[tuple[int, str]] | None = None
+        self._parsed: dict[str, Revision] = {}
+
+    @property
+    def identity(self) -> str:
+        return self.registry.identity
+
+    # -- the list of revisions ------------------------------------------------------------
+    def revisions(self) -> list[tuple[int, str]]:
+        """(unix time, top_hash) of every revision pointer, oldest first."""
+        if self._revisions is not None:
+            return self._revisions
+        known = self.cache.pointers(self.identity, self.package)
+        out = []
+        listed = self.registry.pointers(self.package)
+        for stamp, etag in listed:
+            hit = known.get(stamp)
+            if hit is not None and hit[0] == etag and etag:
+                out.append((stamp, hit[1]))
+                continue
+            top = self.registry.read_pointer(self.package, stamp)
+            if top is None:
+                continue
+            self.cache.put_pointer(self.identity, self.package, stamp, etag, top)
+            out.append((stamp, top))
+        gone = sorted(set(known) - {s for s, _ in listed})
+        if gone:
+            self.cache.forget_pointers(self.identity, self.package, gone)
+        self._revisions = sorted(out)
+        return self._revisions
+
+    def revision(self, top_hash: str) -> Revision:
+        rev = self._parsed.get(top_hash)
+        if rev is not None:
+            return rev
+        data = self.cache.manifest(self.identity, top_hash)
+        if data is not None:
+            try:
+                rev = self.registry.parse_revision(top_hash, data)
+            except PermanentError:
+                rev = None
+        if rev is None:
+            data = self.registry.manifest_bytes(top_hash)
+            rev = self.registry.parse_revision(top_hash, data)  # verified before it is kept
+            self.cache.put_manifest(self.identity, top_hash, data)
+        self._parsed[top_hash] = rev
+        return rev
+
+    # -- naming a revision ------------------------------------------------------------------
+    def resolve(self, spec: str) -> Picked:
+        """A top_hash prefix, or a time: the revision that was latest then."""
+        h = spec.strip().lower()
+        revs = self.revisions()
+        if _HEX.fullmatch(h):
+            matches = sorted({t for _, t in revs if t.startswith(h)})
+            if len(matches) == 1:
+                stamp = max(s for s, t in revs if t == matches[0])
+                return Picked(stamp, matches[0], f"top_hash {h}")
+            if len(matches) > 1:
+                raise UsageError(f"{spec!r}: {len(matches)} revisions of {self.package} start with it; "
+                                 "give more digits")
+            if len(h) == 64:  # a revision without a pointer (pruned from history) may still exist
+                return Picked(None, h, "top_hash")
+            if not re.fullmatch(r"\d{8}(T.*)?", h):
+                raise UsageError(f"{spec!r}: no revision of {self.package} in {self.registry.url} starts with it")
+        return self.at(parse_time(spec), spec)
+
+    def at(self, when: float, spec: str | None = None) -> Picked:
+        revs = self.revisions()
+        hit = pick_at(revs, when)
+        asked = spec if spec is not None else iso(when)
+        if hit is None:
+            first = f"; the first is from {iso(revs[0][0])}" if revs else ""
+            raise UsageError(f"{self.package} had no revision yet at {asked} ({iso(when)}){first}")
+        newer = sum(1 for s, _ in revs if s > hit[0])
+        return Picked(hit[0], hit[1], f"latest at {iso(when)}: pushed {iso(hit[0])}"
+                      + (f", {newer} newer revision(s) since" if newer else ", still the latest"))
+
+    def summary(self, top_hash: str) -> dict[str, Any]:
+        """message, files, pinned, workflow and metadata of a revision (cached: a
+        long history is listed without parsing every manifest again)."""
+        hit = self.cache.summary(self.identity, top_hash)
+        if hit is not None:
+            return hit
+        rev = self.revision(top_hash)
+        out = {"message": rev.meta.get("message"), "files": len(rev.entries),
+               "pinned": not unpinned_keys(rev.entries), "workflow": rev.meta.get("workflow"),
+               "metadata": rev.meta.get("user_meta")}
+        self.cache.put_summary(self.identity, top_hash, out)
+        return out
+
+    # -- what changed -------------------------------------------------------------------------
+    def changes(self, old: Revision | None, new: Revision) -> list[Change]:
+        """From ``old`` (None: nothing) to ``new``; cached by the pair of top_hashes."""
+        if old is None:
+            return diff_entries({}, new.entries)
+        cached = self.cache.changes(self.identity, old.top_hash, new.top_hash)
+        if cached is not None:
+            return [Change(k, kind) for k, kind in cached]
+        out = diff_entries(old.entries, new.entries, self._same_bytes)
+        self.cache.put_changes(self.identity, old.top_hash, new.top_hash, [(c.key, c.kind) for c in out])
+        return out
+
+    def _same_bytes(self, key: str, a: Entry, b: Entry) -> bool:
+        """Entries hashed in ways that cannot be compared: read both, hash both alike."""
+        with tempfile.TemporaryDirectory(prefix="quiltsync-diff-") as tmp:
+            digests = []
+            for side, entry in (("a", a), ("b", b)):
+                rev = Revision("", {}, {key: entry}, self.identity)
+                self.registry.fetch(self.package, rev, Path(tmp) / side, use_cache=False)
+                digests.append(hashing.chunked_sha256(Path(tmp) / side / key))
+        return digests[0] == digests[1]
