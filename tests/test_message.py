@@ -30,6 +30,8 @@ def test_every_placeholder_renders_and_time_is_utc() -> None:
     ("{0}", ["unknown placeholder {0}"]),
     ("50% {", ["not a valid message template", "{{"]),
     ("{added:q}", ["cannot be rendered", "'q'"]),
+    ("{added:{width}}", ["unknown placeholder {width}"]),  # nested in a format spec
+    ("{added:{}}", ["unknown placeholder {}"]),
 ])
 def test_a_bad_template_names_what_is_wrong(template: str, words: list[str]) -> None:
     problem = template_problem(template)

@@ -221,6 +221,19 @@ def test_an_entries_schema_names_the_file_that_breaks_it(setup: Setup, local_s3)
     assert "500 is greater than the maximum of 100" in reason
 
 
+def test_a_broken_rule_in_the_bucket_config_is_a_refusal_not_a_crash(setup: Setup, local_s3) -> None:
+    """A handle_pattern that is not a regular expression (quilt3's config schema lets it
+    through): a clear refusal that names the workflow, and `check` says the same."""
+    put_workflows(local_s3, setup, 'version: "1"\ndefault_workflow: bad\nworkflows:\n  bad:\n'
+                                   '    name: Bad\n    handle_pattern: "team/(unclosed"\n')
+    (setup.folder / "a.txt").write_text("a")
+    reason = refused_push(setup, local_s3)
+    assert "workflow 'bad'" in reason and "cannot be used" in reason and "fix it in the bucket" in reason
+    check = setup.cli("check")
+    assert check.returncode == 1 and "cannot be used" in check_line(check.stdout, "fail")
+    assert "Traceback" not in check.stderr
+
+
 def test_a_bucket_without_workflows_config_checks_ok_and_refuses_a_named_workflow(setup: Setup, local_s3) -> None:
     (setup.folder / "a.txt").write_text("a")
     check = setup.cli("check")

@@ -65,9 +65,13 @@ def template_problem(template: str) -> str | None:
         if name not in PLACEHOLDERS:
             shown = "{" + name + "}" if name else "{}"
             return f"unknown placeholder {shown} in the message template; known: {known}"
-    try:
+    try:  # also catches placeholders nested in a format spec, like {added:{width}}
         render(template, _SAMPLE)
-    except (ValueError, TypeError) as e:
+    except KeyError as e:
+        return f"unknown placeholder {{{e.args[0]}}} in the message template; known: {known}"
+    except IndexError:
+        return f"unknown placeholder {{}} in the message template; known: {known}"
+    except Exception as e:
         return f"the message template cannot be rendered: {e}"
     return None
 

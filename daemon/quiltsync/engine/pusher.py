@@ -27,6 +27,7 @@ and the daemon never push one package at the same time.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -277,8 +278,11 @@ class FolderPusher:
     def _metadata_changed(self, base: Base) -> bool:
         """``[folder.metadata]`` differs from the latest revision's: worth a revision
         of its own, even when no file changed."""
-        return (self.folder.metadata is not None and base.revision is not None
-                and base.revision.meta.get("user_meta") != self.folder.metadata)
+        if self.folder.metadata is None or base.revision is None:
+            return False
+        def canonical(v: object) -> str:  # JSON's view: 1, 1.0 and true differ
+            return json.dumps(v, sort_keys=True)
+        return canonical(base.revision.meta.get("user_meta")) != canonical(self.folder.metadata)
 
     def _revision_meta(self, base: Base, message: str, uploads: _Uploads, deleted: list[str]) -> dict[str, Any]:
         """The new revision's package metadata, with the stamp of the bucket's

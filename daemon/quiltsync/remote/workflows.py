@@ -28,10 +28,11 @@ import yaml
 from quilt3 import workflows as qwf
 from quilt3.util import PhysicalKey, QuiltException
 
-from quiltsync.errors import TransientError, WorkflowRefused
+from quiltsync.errors import WorkflowRefused
 from quiltsync.remote.registry import classify, describe, mapped_errors
 
 CONFIG_KEY = ".quilt/workflows/config.yml"
+_MISSING = ("NoSuchKey", "404", "AccessDenied", "403")  # a schema the config names cannot be read
 
 # What the folder's `workflow` key asks for: None the bucket's default, "" none, else an id.
 Choice = str | None
@@ -132,13 +133,16 @@ def check(wf: Workflows, *, name: str, choice: Choice, message: str | None,
         validator = config.get_workflow_validator(wid)
     except QuiltException as e:
         cause = e.__cause__
-        if cause is not None and classify(cause) is TransientError:
-            raise TransientError(f"{label}: {describe(cause)}") from e
-        if cause is not None and isinstance(cause, (bce.ClientError, bce.BotoCoreError)):
+        if isinstance(cause, bce.ClientError) and cause.response.get("Error", {}).get("Code") in _MISSING:
             raise WorkflowRefused(f"{label}: {e}: {describe(cause)}") from None
+        if isinstance(cause, (bce.ClientError, bce.BotoCoreError)):
+            raise classify(cause)(f"{label}: {describe(cause)}") from e  # network, credentials
         raise WorkflowRefused(f"{label}: {e}; fix the workflows config in the bucket") from None
     except (bce.BotoCoreError, OSError) as e:
         raise classify(e)(f"{label}: {describe(e)}") from e
+    except Exception as e:  # a bad handle_pattern (re.error), a schema that is not UTF-8, ...
+        raise WorkflowRefused(f"{label}: the workflows config or a schema cannot be used "
+                              f"({type(e).__name__}: {e}); fix it in the bucket") from None
     if validator.is_message_required and not message:
         raise WorkflowRefused(f"{label} requires a commit message, but the folder's `message` renders "
                               "empty; set `message`")
@@ -163,7 +167,11 @@ def _check_schema(label: str, what: str, schema_id: str | None, validator: Any, 
         return
     import jsonschema
 
-    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    except Exception as e:  # a schema whose own rules fail (a bad "pattern", say)
+        raise WorkflowRefused(f"{label}: schema {schema_id!r} cannot be applied ({type(e).__name__}: {e}); "
+                              "fix it in the bucket") from None
     if error is None:
         return
     path = list(error.absolute_path)

@@ -60,7 +60,7 @@ class _Folder:
     generation: int
     root: RootState
     last_push: float | None = None  # wall time
-    refused: bool = False  # its last push was refused by the bucket's workflow
+    refused: str | None = None  # why the bucket's workflow refused its last push
 
 
 @dataclass(slots=True)
@@ -260,14 +260,17 @@ class Daemon:
         start, st, result = self.pushes.finish(package, now)
         if isinstance(result, Exception):
             if isinstance(result, WorkflowRefused) and self.monitor is not None:
-                st.refused = True  # shown by `status` now, not at the next health run
-                self.monitor.note(CheckResult("workflow", package, "fail", f"pushes are refused: {result}"))
+                # shown by `status` now, not at the next health run; logged once per reason
+                if st.refused != str(result) or self.monitor.ok("workflow", package) is not False:
+                    self.monitor.note(CheckResult("workflow", package, "fail", f"pushes are refused: {result}"))
+                st.refused = str(result)
         else:
             if result.pushed:
                 st.last_push = time.time()
-            if st.refused and self.monitor is not None:
-                st.refused = False
-                self.monitor.note(CheckResult("workflow", package, "ok", "the workflow accepts this folder again"))
+                if st.refused and self.monitor is not None:  # only a publish proves the workflow passed
+                    st.refused = None
+                    self.monitor.note(CheckResult("workflow", package, "ok",
+                                                  "the workflow accepts this folder again"))
             if start.batch.full:
                 self.log.info("rescan.completed", package=package, files=result.files,
                               pushed=result.pushed, top_hash=result.top_hash)
@@ -293,9 +296,10 @@ class Daemon:
 
     def _health_done(self, fut: Future[Any], now: float) -> None:
         assert self.monitor is not None
+        refused = {pkg for pkg, st in self.folders.items() if st.refused and self.monitor.ok("workflow", pkg) is False}
         self.monitor.done(fut, self._stuck_checks(now))
-        for pkg, st in self.folders.items():  # a fixed workflows config: retry now, not after the backoff
-            if st.refused and self.monitor.ok("workflow", pkg) and self.schedule.retry_now(pkg, now):
+        for pkg in refused:  # the workflow check turned ok (a fixed config): retry now, not after the backoff
+            if self.monitor.ok("workflow", pkg) and self.schedule.retry_now(pkg, now):
                 self.log.info("push.retrying", package=pkg, detail="the bucket's workflow accepts the folder now")
         self.notifier.status(self._status_line())
 

@@ -144,6 +144,9 @@ def check_workflow(folder: FolderConfig, workflows: Any, latest: Revision | Quil
     if isinstance(workflows, QuiltsyncError):
         status = "fail" if isinstance(workflows, WorkflowRefused) else "warn"
         return CheckResult("workflow", target, status, str(workflows))
+    if isinstance(latest, QuiltsyncError) and folder.metadata is None:
+        return CheckResult("workflow", target, "warn", "cannot check the package metadata: the latest "
+                           f"revision (whose metadata pushes keep) cannot be read: {latest}")
     base = latest if isinstance(latest, Revision) else None
     meta = revision_meta(base.meta if base else None, folder.metadata, None)
     message = render(folder.message, MessageValues(socket.gethostname(), folder.package, str(folder.path),
@@ -165,6 +168,8 @@ def check_workflow(folder: FolderConfig, workflows: Any, latest: Revision | Quil
         return CheckResult("workflow", target, "fail", f"pushes are refused: {e}")
     except QuiltsyncError as e:
         return CheckResult("workflow", target, "warn", f"cannot check the workflow now: {e}")
+    except Exception as e:  # never lose the other checks of a run to one folder's
+        return CheckResult("workflow", target, "warn", f"cannot check the workflow: {type(e).__name__}: {e}")
     what = workflows.describe(folder.workflow)
     if workflows.config is None:
         return CheckResult("workflow", target, "ok", what)
