@@ -22,6 +22,7 @@ class Context:
     config_path: Path
     out: TextIO
     _index: Index | None = None
+    _revisions: Any = None  # the per-user RevisionCache, opened on first use
 
     @classmethod
     def load(cls, cli_config: str | None, out: Any) -> Context:
@@ -36,6 +37,14 @@ class Context:
         if self._index is None:
             self._index = Index(self.config.daemon.state_dir / "index.sqlite3")
         return self._index
+
+    def revision_cache(self) -> Any:
+        """The per-user cache of manifests and pointers (local/revcache.py)."""
+        if self._revisions is None:
+            from quiltsync.local.revcache import RevisionCache
+
+            self._revisions = RevisionCache()
+        return self._revisions
 
     def emit(self, line: str = "") -> None:
         self.out.write(line + "\n")

@@ -41,7 +41,7 @@ def _catalog(ctx: Context, package: str, registry: str | None) -> tuple[Catalog,
         url = folder.registry
     else:
         url = folder.registry
-    return Catalog(Registry(url), package), folder
+    return Catalog(Registry(url), package, ctx.revision_cache()), folder
 
 
 def _pick(cat: Catalog, top_hash: str | None, at: str | None) -> Picked:
@@ -60,15 +60,15 @@ def _pick(cat: Catalog, top_hash: str | None, at: str | None) -> Picked:
 def history(ctx: Context, package: str, *, as_json: bool, path: str | None = None, limit: int | None = None,
             registry: str | None = None) -> int:
     cat, _folder = _catalog(ctx, package, registry)
-    revs = cat.revisions()
+    # --limit N alone needs the N newest revisions and the one before them
+    revs = cat.revisions(last=limit + 1 if limit is not None and path is None else None)
     latest = cat.registry.latest(package)
     rows: list[dict[str, Any]] = []
     for i in range(len(revs) - 1, -1, -1):  # newest first, until the limit is reached
         if limit is not None and len(rows) >= limit:
             break
         stamp, top = revs[i]
-        prev = cat.revision(revs[i - 1][1]) if i > 0 else None
-        changes = cat.changes(prev, cat.revision(top)) if prev is None or prev.top_hash != top else []
+        changes = cat.changes(revs[i - 1][1] if i > 0 else None, top)
         touched = [c for c in changes if under(c.key, path)] if path is not None else None
         if touched is not None and not touched:
             continue
@@ -122,16 +122,15 @@ def diff(ctx: Context, package: str, old: str, new: str | None, *, as_json: bool
          registry: str | None = None) -> int:
     cat, folder = _catalog(ctx, package, registry)
     before = cat.resolve(old)
-    older = cat.revision(before.top_hash)
     if new is not None:
         after = cat.resolve(new)
-        changes = cat.changes(older, cat.revision(after.top_hash))
+        changes = cat.changes(before.top_hash, after.top_hash)
         to: str | None = after.top_hash
     else:
         if folder is None:
             raise UsageError(f"diff {package} {old}: without TO it compares with the watched folder, but "
                              f"{package} has no folder in the config here; give TO")
-        changes = _folder_changes(ctx, folder, older)
+        changes = _folder_changes(ctx, folder, cat.revision(before.top_hash))
         to = None
     if as_json:
         ctx.emit(json.dumps({"package": package, "registry": cat.registry.url, "from": before.top_hash,

@@ -96,10 +96,3 @@ def under(key: str, path: str) -> bool:
     """Whether logical key ``key`` is ``path`` or lies in the folder ``path``."""
     path = path.strip("/")
     return not path or key == path or key.startswith(path + "/")
-
-
-def pick_at(revisions: list[tuple[int, str]], at: float) -> tuple[int, str] | None:
-    """The revision that was latest at unix time ``at``: the newest pointer stamped
-    at or before it (``revisions`` as (unix seconds, top_hash), any order)."""
-    before = [r for r in revisions if r[0] <= at]
-    return max(before) if before else None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quiltsync.core.diff import Change, diff_entries, pick_at
+from quiltsync.core.diff import Change, diff_entries
 from quiltsync.core.types import Entry, Revision
 from quiltsync.errors import PermanentError, UsageError
 from quiltsync.local import hashing
@@ -59,35 +59,54 @@ class Catalog:
         self.package = package
         self.cache = cache if cache is not None else RevisionCache()
         self._revisions: list[tuple[int, str]] | None = None
+        self._listed: list[tuple[int, str]] | None = None  # (stamp, ETag) of one LIST
         self._parsed: dict[str, Revision] = {}
+        self._cached_pointers: dict[int, tuple[str, str]] | None = None
+        self._fresh: list[tuple[int, str, str]] = []  # pointers read from S3, to cache
 
     @property
     def identity(self) -> str:
         return self.registry.identity
 
     # -- the list of revisions ------------------------------------------------------------
-    def revisions(self) -> list[tuple[int, str]]:
-        """(unix time, top_hash) of every revision pointer, oldest first."""
+    def pointers(self) -> list[tuple[int, str]]:
+        """(unix time, ETag) of every revision pointer, oldest first: one LIST a call."""
+        if self._listed is None:
+            self._listed = self.registry.pointers(self.package)
+        return self._listed
+
+    def revisions(self, last: int | None = None) -> list[tuple[int, str]]:
+        """(unix time, top_hash) of every revision pointer (or of the ``last`` newest),
+        oldest first."""
         if self._revisions is not None:
-            return self._revisions
-        known = self.cache.pointers(self.identity, self.package)
-        out = []
-        listed = self.registry.pointers(self.package)
-        for stamp, etag in listed:
-            hit = known.get(stamp)
-            if hit is not None and hit[0] == etag and etag:
-                out.append((stamp, hit[1]))
-                continue
-            top = self.registry.read_pointer(self.package, stamp)
-            if top is None:
-                continue
-            self.cache.put_pointer(self.identity, self.package, stamp, etag, top)
-            out.append((stamp, top))
-        gone = sorted(set(known) - {s for s, _ in listed})
-        if gone:
-            self.cache.forget_pointers(self.identity, self.package, gone)
-        self._revisions = sorted(out)
-        return self._revisions
+            return self._revisions[-last:] if last else self._revisions
+        listed = self.pointers()
+        wanted = listed[-last:] if last else listed
+        out = [(stamp, top) for stamp, etag in wanted
+               if (top := self._top_hash(stamp, etag, self._known())) is not None]
+        self.cache.put_pointers(self.identity, self.package, self._fresh)
+        self._fresh = []
+        if not last:
+            self._revisions = out
+            gone = sorted(set(self._known()) - {s for s, _ in listed})
+            if gone:
+                self.cache.forget_pointers(self.identity, self.package, gone)
+        return out
+
+    def _known(self) -> dict[int, tuple[str, str]]:
+        if self._cached_pointers is None:
+            self._cached_pointers = self.cache.pointers(self.identity, self.package)
+        return self._cached_pointers
+
+    def _top_hash(self, stamp: int, etag: str, known: dict[int, tuple[str, str]]) -> str | None:
+        """A pointer's top_hash: from the cache while its ETag is the same, else one GET."""
+        hit = known.get(stamp)
+        if hit is not None and etag and hit[0] == etag:
+            return hit[1]
+        top = self.registry.read_pointer(self.package, stamp)
+        if top is not None:
+            self._fresh.append((stamp, etag, top))
+        return top
 
     def revision(self, top_hash: str) -> Revision:
         rev = self._parsed.get(top_hash)
@@ -126,15 +145,23 @@ class Catalog:
         return self.at(parse_time(spec), spec)
 
     def at(self, when: float, spec: str | None = None) -> Picked:
-        revs = self.revisions()
-        hit = pick_at(revs, when)
+        """The revision that was latest at ``when``: the pointers' names are their
+        times, so one LIST and the chosen pointer's content are enough."""
+        listed = self.pointers()
         asked = spec if spec is not None else iso(when)
-        if hit is None:
-            first = f"; the first is from {iso(revs[0][0])}" if revs else ""
-            raise UsageError(f"{self.package} had no revision yet at {asked} ({iso(when)}){first}")
-        newer = sum(1 for s, _ in revs if s > hit[0])
-        return Picked(hit[0], hit[1], f"latest at {iso(when)}: pushed {iso(hit[0])}"
-                      + (f", {newer} newer revision(s) since" if newer else ", still the latest"))
+        for stamp, etag in sorted(listed, reverse=True):
+            if stamp > when:
+                continue
+            top = self._top_hash(stamp, etag, self._known())
+            if top is None:  # deleted between the LIST and the GET
+                continue
+            self.cache.put_pointers(self.identity, self.package, self._fresh)
+            self._fresh = []
+            newer = sum(1 for s, _ in listed if s > stamp)
+            return Picked(stamp, top, f"latest at {iso(when)}: pushed {iso(stamp)}"
+                          + (f", {newer} newer revision(s) since" if newer else ", still the latest"))
+        first = f"; the first is from {iso(listed[0][0])}" if listed else ""
+        raise UsageError(f"{self.package} had no revision yet at {asked} ({iso(when)}){first}")
 
     def summary(self, top_hash: str) -> dict[str, Any]:
         """message, files, pinned, workflow and metadata of a revision (cached: a
@@ -150,15 +177,18 @@ class Catalog:
         return out
 
     # -- what changed -------------------------------------------------------------------------
-    def changes(self, old: Revision | None, new: Revision) -> list[Change]:
-        """From ``old`` (None: nothing) to ``new``; cached by the pair of top_hashes."""
+    def changes(self, old: str | None, new: str) -> list[Change]:
+        """From revision ``old`` (None: nothing) to ``new``, by top_hash; cached by the
+        pair, so a listing reads no manifest it has compared before."""
         if old is None:
-            return diff_entries({}, new.entries)
-        cached = self.cache.changes(self.identity, old.top_hash, new.top_hash)
+            return diff_entries({}, self.revision(new).entries)
+        if old == new:
+            return []
+        cached = self.cache.changes(self.identity, old, new)
         if cached is not None:
             return [Change(k, kind) for k, kind in cached]
-        out = diff_entries(old.entries, new.entries, self._same_bytes)
-        self.cache.put_changes(self.identity, old.top_hash, new.top_hash, [(c.key, c.kind) for c in out])
+        out = diff_entries(self.revision(old).entries, self.revision(new).entries, self._same_bytes)
+        self.cache.put_changes(self.identity, old, new, [(c.key, c.kind) for c in out])
         return out
 
     def _same_bytes(self, key: str, a: Entry, b: Entry) -> bool:

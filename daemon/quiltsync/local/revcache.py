@@ -130,8 +130,21 @@ class RevisionCache:
                                    (identity, package)).fetchall()
         return {stamp: (etag, top) for stamp, etag, top in rows}
 
-    def put_pointer(self, identity: str, package: str, stamp: int, etag: str, top_hash: str) -> None:
-        self._write("INSERT OR REPLACE INTO pointer VALUES (?, ?, ?, ?, ?)", (identity, package, stamp, etag, top_hash))
+    def put_pointers(self, identity: str, package: str, rows: list[tuple[int, str, str]]) -> None:
+        """(stamp, etag, top_hash) rows, in one transaction."""
+        if not rows:
+            return
+        try:
+            with self._lock:
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT OR REPLACE INTO pointer VALUES (?, ?, ?, ?, ?)",
+                                    [(identity, package, s, e, t) for s, e, t in rows])
+                self.db.execute("COMMIT")
+        except sqlite3.Error:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def forget_pointers(self, identity: str, package: str, stamps: list[int]) -> None:
         for stamp in stamps:
