@@ -65,3 +65,20 @@ def test_diff_entries_asks_the_callback_only_for_undecided_keys(tmp_path: Path) 
 def test_under_matches_a_file_or_a_folder_not_a_prefix() -> None:
     assert under("data/a.csv", "data") and under("data/a.csv", "data/") and under("data/a.csv", "data/a.csv")
     assert not under("database.csv", "data") and not under("data/a.csv", "data/a")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=30).filter(lambda k: not k.endswith("/")),
+       st.one_of(st.none(), st.text(min_size=1, max_size=20)))
+def test_version_ids_are_read_as_quilt3_reads_them(key: str, vid: str | None) -> None:
+    """The fast versionId reader (history checks every entry of every revision) agrees
+    with quilt3's PhysicalKey on any key and versionId quilt3 writes."""
+    from quiltsync.remote import settings as s3settings
+
+    s3settings.import_quilt3()
+    from quilt3.util import PhysicalKey
+
+    from quiltsync.remote.registry import version_id_of
+
+    url = str(PhysicalKey("bucket", key, vid))
+    assert version_id_of(url) == PhysicalKey.from_url(url).version_id
