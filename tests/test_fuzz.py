@@ -92,8 +92,9 @@ def test_arbitrary_text_as_config_never_escapes_as_another_exception(text: str) 
     _check(text)
 
 
-WORDS = ["push", "status", "history", "restore", "check", "doctor", "run", "--config", "--folder",
-         "--top-hash", "--dest", "--json", "--fix", "--force", "--allow-deletes", "-x", "--", "team/data"]
+WORDS = ["push", "status", "history", "restore", "check", "doctor", "run", "diff", "revert", "--config", "--folder",
+         "--top-hash", "--at", "--path", "--limit", "--registry", "--dest", "--json", "--fix", "--force",
+         "--allow-deletes", "-x", "--", "team/data"]
 argvs = st.lists(st.one_of(st.sampled_from(WORDS), st.text(max_size=12)), max_size=6)
 
 

@@ -79,7 +79,7 @@ def test_restore_at_a_time_with_path_restores_just_that_file_with_its_old_bytes(
     assert [p.name for p in (tmp_path / "only-data" / "data").iterdir()] == ["run.bin"]
     # Before the first revision: a clear error.
     proc = setup.cli("restore", setup.package, "--at", "2001-01-01", "--dest", str(tmp_path / "none"))
-    assert proc.returncode == 2 and "no revision yet" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "no revision yet" in proc.stderr and "Traceback" not in proc.stderr
     proc = setup.cli("restore", setup.package, "--top-hash", tops[0], "--path", "nope.txt",
                      "--dest", str(tmp_path / "nope"))
     assert proc.returncode == 1 and "'nope.txt'" in proc.stderr and not (tmp_path / "nope").exists()

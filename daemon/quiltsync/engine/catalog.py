@@ -19,7 +19,7 @@ from typing import Any
 
 from quiltsync.core.diff import Change, diff_entries
 from quiltsync.core.types import Entry, Revision
-from quiltsync.errors import PermanentError, UsageError
+from quiltsync.errors import PermanentError, RestoreError, UsageError
 from quiltsync.local import hashing
 from quiltsync.local.revcache import RevisionCache
 from quiltsync.remote.registry import Registry, unpinned_keys
@@ -140,8 +140,8 @@ class Catalog:
                                  "give more digits")
             if len(h) == 64:  # a revision without a pointer (pruned from history) may still exist
                 return Picked(None, h, "top_hash")
-            if not re.fullmatch(r"\d{8}(T.*)?", h):
-                raise UsageError(f"{spec!r}: no revision of {self.package} in {self.registry.url} starts with it")
+            if not re.fullmatch(r"\d{8}", h):
+                raise RestoreError(f"{spec!r}: no revision of {self.package} in {self.registry.url} starts with it")
         return self.at(parse_time(spec), spec)
 
     def at(self, when: float, spec: str | None = None) -> Picked:
@@ -161,7 +161,7 @@ class Catalog:
             return Picked(stamp, top, f"latest at {iso(when)}: pushed {iso(stamp)}"
                           + (f", {newer} newer revision(s) since" if newer else ", still the latest"))
         first = f"; the first is from {iso(listed[0][0])}" if listed else ""
-        raise UsageError(f"{self.package} had no revision yet at {asked} ({iso(when)}){first}")
+        raise RestoreError(f"{self.package} had no revision yet at {asked} ({iso(when)}){first}")
 
     def summary(self, top_hash: str) -> dict[str, Any]:
         """message, files, pinned, workflow and metadata of a revision (cached: a
