@@ -3,6 +3,7 @@ dummy credentials for the local S3, and quilt3's import-time environment."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -16,6 +17,21 @@ for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
     os.environ.pop(var, None)
 sys.path.insert(0, str(ROOT / "daemon"))
 
+from collections.abc import Iterator  # noqa: E402
+
 from quiltsync.remote import settings as s3settings  # noqa: E402
+from quiltsync.remote.s3local import LocalS3  # noqa: E402
 
 s3settings.prepare_environment()  # before quilt3 is imported: no metrics, no progress bars
+
+
+@contextlib.contextmanager
+def local_s3() -> Iterator[LocalS3]:
+    """The embedded local S3, with quiltsync's S3 settings pointed at it and quiet logs."""
+    from quiltsync import logs
+
+    logs.configure("warning", "console")
+    with LocalS3() as s3:
+        s3settings.activate(s3settings.S3Settings(s3.endpoint_url, "us-east-1"))
+        s3settings.import_quilt3()
+        yield s3

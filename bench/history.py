@@ -25,9 +25,7 @@ import io
 import json
 import time
 
-from benchenv import TMP  # sets the environment first
-from quiltsync import logs
-from quiltsync.remote import settings as s3settings
+from benchenv import TMP, local_s3  # sets the environment first
 from quiltsync.remote.s3local import LocalS3
 
 
@@ -127,10 +125,7 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--revisions", default="5,500")
     args = ap.parse_args()
-    logs.configure("warning", "console")
-    with LocalS3() as s3:
-        s3settings.activate(s3settings.S3Settings(s3.endpoint_url, "us-east-1"))
-        s3settings.import_quilt3()
+    with local_s3() as s3:
         rows = [bench_one(s3, int(x), args.files) for x in args.revisions.split(",")]
 
     print()

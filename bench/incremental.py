@@ -25,9 +25,11 @@ import statistics
 import time
 from pathlib import Path
 
-from benchenv import ROOT  # noqa: F401  (sets the environment first)
+from benchenv import (
+    ROOT,  # noqa: F401  (sets the environment first)
+    local_s3,
+)
 from benchenv import TMP as _TMP
-from quiltsync import logs
 from quiltsync.remote import settings as s3settings
 from quiltsync.remote.s3local import LocalS3
 
@@ -45,9 +47,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workflows", action="store_true")
     args = ap.parse_args()
-    logs.configure("warning", "console")
-    with LocalS3() as s3:
-        s3settings.activate(s3settings.S3Settings(s3.endpoint_url, "us-east-1"))
+    with local_s3() as s3:
         s3.create_bucket("bench", versioning=True)
         if args.workflows:
             put_workflows(s3)

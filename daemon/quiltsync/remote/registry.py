@@ -169,17 +169,20 @@ class Registry:
             raise TransientError(f"{self.identity}: the S3 settings changed (reload); retrying with the new ones")
 
     # -- reads that bypass quilt3's caches ----------------------------------------
-    def latest(self, name: str) -> str | None:
-        """The top_hash `latest` points to, or None if the package has no revision."""
-        key = f".quilt/named_packages/{name}/latest"
-        with mapped_errors(f"reading s3://{self.bucket}/{key}"):
+    def _get(self, key: str, what: str) -> bytes | None:
+        """An object's bytes, or None when there is no such key."""
+        with mapped_errors(f"reading {what}s3://{self.bucket}/{key}"):
             try:
-                body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
             except bce.ClientError as e:
                 if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     return None
                 raise
-        return body.decode().strip()
+
+    def latest(self, name: str) -> str | None:
+        """The top_hash `latest` points to, or None if the package has no revision."""
+        body = self._get(f".quilt/named_packages/{name}/latest", "")
+        return None if body is None else body.decode().strip()
 
     def revision(self, name: str, top_hash: str) -> Revision:
         """A revision's manifest, read from S3 and checked against its top_hash."""
@@ -187,14 +190,11 @@ class Registry:
 
     def manifest_bytes(self, top_hash: str) -> bytes:
         key = f".quilt/packages/{top_hash}"
-        with mapped_errors(f"reading manifest s3://{self.bucket}/{key}"):
-            try:
-                return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
-            except bce.ClientError as e:
-                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    raise PermanentError(f"no manifest s3://{self.bucket}/{key}: the revision's manifest "
-                                         "was deleted, or the top_hash is not of this registry") from None
-                raise
+        data = self._get(key, "manifest ")
+        if data is None:
+            raise PermanentError(f"no manifest s3://{self.bucket}/{key}: the revision's manifest "
+                                 "was deleted, or the top_hash is not of this registry")
+        return data
 
     def parse_revision(self, top_hash: str, data: bytes) -> Revision:
         """A manifest's bytes as a revision of this registry, checked against its top_hash."""
@@ -228,29 +228,13 @@ class Registry:
 
     def read_pointer(self, name: str, stamp: int) -> str | None:
         """The top_hash a timestamp pointer names (None: it is gone)."""
-        key = f".quilt/named_packages/{name}/{stamp}"
-        with mapped_errors(f"reading s3://{self.bucket}/{key}"):
-            try:
-                body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            except bce.ClientError as e:
-                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    return None
-                raise
-        return str(body.decode().strip())
+        body = self._get(f".quilt/named_packages/{name}/{stamp}", "")
+        return None if body is None else body.decode().strip()
 
     def versions(self, name: str) -> list[tuple[int, str]]:
-        """(unix time, top_hash) of every revision pointer, oldest first."""
-        prefix = f".quilt/named_packages/{name}/"
-        out: list[tuple[int, str]] = []
-        with mapped_errors(f"listing s3://{self.bucket}/{prefix}"):
-            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    stamp = obj["Key"][len(prefix) :]
-                    if stamp.isdigit():
-                        body = self.s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
-                        out.append((int(stamp), body.decode().strip()))
-        return sorted(out)
+        """(unix time, top_hash) of every revision pointer, oldest first (a GET each)."""
+        return [(stamp, top) for stamp, _etag in self.pointers(name)
+                if (top := self.read_pointer(name, stamp)) is not None]
 
     # -- workflows -------------------------------------------------------------
     def workflows(self) -> Any:
