@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -197,3 +198,62 @@ def test_a_package_not_in_the_config_works_with_registry(three, tmp_path) -> Non
     assert proc.returncode == 2 and "give TO" in proc.stderr
     proc = run_cli(*base, "history", setup.package, "--registry", "s3://Bad_Bucket")
     assert proc.returncode == 2 and "--registry" in proc.stderr
+
+
+def test_a_numeric_top_hash_that_matches_nothing_is_not_read_as_a_date(three, tmp_path) -> None:
+    setup, _tops = three
+    proc = setup.cli("restore", setup.package, "--top-hash", "91230415", "--dest", str(tmp_path / "x"))
+    assert proc.returncode == 1 and "no revision" in proc.stderr and not (tmp_path / "x").exists()
+
+
+def test_revert_never_writes_through_a_symlinked_folder(three, tmp_path) -> None:
+    setup, tops = three
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (setup.folder / "data" / "run.bin").unlink()
+    (setup.folder / "data").rmdir()
+    (setup.folder / "data").symlink_to(outside)
+    proc = setup.cli("revert", setup.package, "--top-hash", tops[2], "--path", "data/run.bin")
+    assert proc.returncode == 1 and "symbolic link" in proc.stderr and "nothing was written" in proc.stderr
+    assert list(outside.iterdir()) == []
+
+
+def test_comparing_a_hostile_manifest_never_writes_outside_a_temp_dir(setup: Setup, local_s3, tmp_path) -> None:
+    """Two revisions (written by someone else) whose entry is keyed by an absolute path and
+    hashed in types that cannot be compared (CRC64NVME vs SHA256): diff and history read
+    the bytes to decide, under a fixed name, and write nothing where the key points."""
+    import hashlib
+
+    from quiltsync.core.manifest import top_hash_of
+    from quiltsync.core.types import Entry, HashValue
+
+    bucket = setup.registry[len("s3://"):]
+    c = local_s3.client()
+    body = b"same bytes either way"
+    vid = c.put_object(Bucket=bucket, Key="elsewhere/blob", Body=body)["VersionId"]
+    other = c.put_object(Bucket=bucket, Key="elsewhere/blob2", Body=body)["VersionId"]
+    key = str(tmp_path / "escape.txt")  # an absolute key: joined to a local dir, it is that path
+    tops = []
+    for stamp, (htype, value, v) in enumerate([("SHA256", hashlib.sha256(body).hexdigest(), vid),
+                                               ("CRC64NVME", "AAAAAAAAAAA=", other)]):
+        e = Entry(HashValue(htype, value), len(body), f"s3://{bucket}/elsewhere/{'blob' if v == vid else 'blob2'}"
+                  f"?versionId={v}")
+        meta = {"version": "v0", "message": f"rev {stamp}"}
+        top = top_hash_of(meta, {key: e})
+        lines = [json.dumps(meta), json.dumps({"logical_key": key, "physical_keys": [e.physical_key],
+                                               "size": e.size, "hash": e.hash.as_manifest(), "meta": {}})]
+        c.put_object(Bucket=bucket, Key=f".quilt/packages/{top}", Body="\n".join(lines).encode())
+        c.put_object(Bucket=bucket, Key=f".quilt/named_packages/evil/pkg/{1_700_000_000 + stamp}", Body=top.encode())
+        tops.append(top)
+    proc = subprocess_in(tmp_path, setup, "diff", "evil/pkg", tops[0], tops[1], "--registry", setup.registry)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # the same bytes, read from both object versions
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def subprocess_in(cwd: Path, setup: Setup, *args: str):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "quiltsync", "--config", str(setup.config_path), *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)

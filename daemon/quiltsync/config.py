@@ -64,6 +64,7 @@ class DaemonConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     rescan_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
     health_interval_seconds: Annotated[float, Field(gt=0)] = 300.0
+    prune_interval_hours: Annotated[float, Field(gt=0)] = 24.0
     metrics_address: str | None = None
 
     @field_validator("metrics_address")
@@ -92,6 +93,26 @@ class S3Config(_Strict):
         return v
 
 
+class RetentionConfig(_Strict):
+    """[folder.retention]: which revisions `prune` keeps (core/retention.py)."""
+
+    keep_last: Annotated[int, Field(ge=0)] = 0
+    keep_hourly: Annotated[int, Field(ge=0)] = 0
+    keep_daily: Annotated[int, Field(ge=0)] = 0
+    keep_weekly: Annotated[int, Field(ge=0)] = 0
+    keep_monthly: Annotated[int, Field(ge=0)] = 0
+    keep: list[str] = Field(default_factory=list)
+    grace_hours: Annotated[float, Field(ge=0)] = 24.0
+
+    @field_validator("keep")
+    @classmethod
+    def _top_hashes(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not re.fullmatch(r"[0-9a-f]{64}", h):
+                raise ValueError(f"expected full top_hashes (64 lowercase hex digits), got {h!r}")
+        return v
+
+
 class FolderConfig(_Strict):
     path: Path
     package: str
@@ -106,6 +127,8 @@ class FolderConfig(_Strict):
     workflow: str | None = None
     # None: keep the package's user_meta as it is; a table: the user_meta of every revision
     metadata: dict[str, Any] | None = None
+    # None: nothing is ever pruned
+    retention: RetentionConfig | None = None
 
     @field_validator("message")
     @classmethod

@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     revert.add_argument("--force", action="store_true",
                         help="overwrite files whose current content is not pushed yet")
 
+    prune = sub.add_parser("prune", parents=[common],
+                           help="drop revisions [folder.retention] does not keep, collect unreferenced objects")
+    prune.add_argument("--folder", metavar="PACKAGE", help="only the folder of this package")
+    prune.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
     demo = sub.add_parser("demo", parents=[common], help="the embedded demo behind `make demo`")
     demo.add_argument("--workdir", type=Path, help="keep the demo folder here (default: a temp dir)")
     return p
@@ -220,6 +225,8 @@ def _dispatch(args: argparse.Namespace, out: object) -> int:
                                 force=args.force, registry=args.registry)
     if args.command == "diff":
         return revisions.diff(ctx, args.package, args.old, args.new, as_json=args.json, registry=args.registry)
+    if args.command == "prune":
+        return revisions.prune(ctx, args.folder, dry_run=args.dry_run)
     if args.command == "revert":
         return revisions.revert(ctx, args.package, args.top_hash, args.at, args.path, force=args.force)
     raise UsageError(f"unknown command {args.command!r}")

@@ -9,9 +9,6 @@ read once per top_hash and kept in the per-user revision cache.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from quiltsync.config import FolderConfig, registry_url
 from quiltsync.core.diff import Change, counts, under
 from quiltsync.core.types import Revision
 from quiltsync.engine.catalog import Catalog, Picked, iso
-from quiltsync.errors import RestoreError, UsageError
+from quiltsync.errors import UsageError
 from quiltsync.remote.registry import Registry
 
 
@@ -49,7 +46,7 @@ def _pick(cat: Catalog, top_hash: str | None, at: str | None) -> Picked:
         h = top_hash.strip().lower()
         if len(h) < 6 or any(c not in "0123456789abcdef" for c in h):
             raise UsageError(f"--top-hash {top_hash!r}: expected 64 hex digits or a unique prefix of 6 or more")
-        return cat.resolve(h)
+        return cat.resolve(h, allow_time=False)
     assert at is not None
     from quiltsync.engine.catalog import parse_time
 
@@ -68,6 +65,8 @@ def history(ctx: Context, package: str, *, as_json: bool, path: str | None = Non
         if limit is not None and len(rows) >= limit:
             break
         stamp, top = revs[i]
+        if i == 0 and stamp != cat.pointers()[0][0]:
+            break  # the window's oldest (its pointer vanished meanwhile): no parent to count against
         changes = cat.changes(revs[i - 1][1] if i > 0 else None, top)
         touched = [c for c in changes if under(c.key, path)] if path is not None else None
         if touched is not None and not touched:
@@ -104,7 +103,7 @@ def restore(ctx: Context, package: str, top_hash: str | None, at: str | None, de
     picked = _pick(cat, top_hash, at)
     ctx.emit(f"{package}@{picked.top_hash}: {picked.why}")
     report = do_restore(cat.registry, package, picked.top_hash, dest, force=force,
-                        revision=cat.revision(picked.top_hash), paths=paths)
+                        revision=cat.revision(picked.top_hash, fresh=True), paths=paths)
     logs.get_logger("quiltsync.restore").info(
         "restore.completed", package=package, top_hash=report.top_hash, dest=str(report.dest),
         files=report.files, bytes=report.bytes, from_cache=len(report.from_cache),
@@ -167,89 +166,56 @@ def _folder_changes(ctx: Context, folder: FolderConfig, rev: Revision) -> list[C
 # -- revert ---------------------------------------------------------------------------------------
 def revert(ctx: Context, package: str, top_hash: str | None, at: str | None, paths: list[str], *,
            force: bool = False) -> int:
-    """Write the old bytes of ``paths`` back into the watched folder, verified, one
-    atomic rename per file; the daemon (or the next `push`) makes them a revision."""
-    from quiltsync.engine.restore import select_paths, unsafe_key, verify_tree
+    """Write the old bytes of ``paths`` back into the watched folder (engine/revert.py);
+    the daemon (or the next `push`) makes them a revision."""
+    from quiltsync.engine.restore import select_paths
+    from quiltsync.engine.revert import revert as do_revert
 
     folder = ctx.config.folder_by_package(package)
     cat, _ = _catalog(ctx, package, None)
     picked = _pick(cat, top_hash, at)
-    old = select_paths(cat.revision(picked.top_hash), paths, package)
-    bad = [lk for lk in old.entries if unsafe_key(lk)]
-    if bad:
-        raise RestoreError(f"{package}@{picked.top_hash[:12]}: refusing to write key {bad[0]!r} into the folder")
+    old = select_paths(cat.revision(picked.top_hash, fresh=True), paths, package)
     latest_top = cat.registry.latest(package)
-    latest = cat.revision(latest_top) if latest_top else None
-    same, unpushed = _compare_with_folder(ctx, folder, old, latest)
-    if unpushed and not force:
-        raise RestoreError(
-            f"{len(unpushed)} file(s) to overwrite have changes that are not in the latest revision yet "
-            f"(first: {unpushed[0]!r}); push them first (`quiltsync push --folder {package}`) so nothing "
-            "is lost, or add --force to overwrite them")
-    todo = Revision(old.top_hash, old.meta, {lk: e for lk, e in old.entries.items() if lk not in same},
-                    old.registry)
+    latest = cat.revision(latest_top, fresh=True) if latest_top else None
     ctx.emit(f"{package}@{picked.top_hash}: {picked.why}")
-    if not todo.entries:
-        ctx.emit(f"nothing to revert: the {len(same)} file(s) already hold those bytes")
+    report = do_revert(folder, cat.registry, old, latest, ctx.index().files(package), force=force)
+    if not report.written:
+        ctx.emit(f"nothing to revert: the {len(report.same)} file(s) already hold those bytes")
         return 0
-    # Fetched and verified beside the files (ignored by scans: .quiltsync-*), then
-    # each renamed into place: a reader or a push never sees a half-written file.
-    tmp = Path(tempfile.mkdtemp(prefix=".quiltsync-revert-", dir=folder.path))
-    try:
-        cat.registry.fetch(package, todo, tmp)
-        report = verify_tree(todo, tmp, package, folder.path)
-        if report.mismatched:
-            raise RestoreError(f"{package}@{picked.top_hash[:12]}: {len(report.mismatched)} file(s) do not "
-                               f"match the manifest (first: {report.mismatched[0]!r}); nothing was written")
-        for lk in sorted(todo.entries):
-            target = folder.path / lk
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / lk, target)
-            ctx.emit(f"  {'M' if lk in (latest.entries if latest else {}) else 'A'} {lk}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for lk in report.written:
+        ctx.emit(f"  {'M' if latest is not None and lk in latest.entries else 'A'} {lk}")
     logs.get_logger("quiltsync.revert").info("revert.completed", package=package, top_hash=picked.top_hash,
-                                              files=len(todo.entries), paths=paths)
-    ctx.emit(f"reverted {len(todo.entries)} file(s) of {package} to {picked.top_hash[:12]} in {folder.path}; "
+                                              files=len(report.written), paths=paths)
+    ctx.emit(f"reverted {len(report.written)} file(s) of {package} to {picked.top_hash[:12]} in {folder.path}; "
              "the daemon pushes them as a new revision (or run `quiltsync push`)")
     return 0
 
 
-def _compare_with_folder(ctx: Context, folder: FolderConfig, old: Revision,
-                         latest: Revision | None) -> tuple[set[str], list[str]]:
-    """(keys whose file already holds the old bytes, keys whose file holds bytes the
-    latest revision does not have: overwriting them would lose data)."""
-    from quiltsync.core.diff import same_content
-    from quiltsync.core.types import Entry, FileStat
-    from quiltsync.local import hashing
+# -- prune ----------------------------------------------------------------------------------------
+def prune(ctx: Context, only: str | None, *, dry_run: bool) -> int:
+    """Apply each folder's [folder.retention]; see engine/prune.py for the order of deletions."""
+    from quiltsync.engine.prune import prune as do_prune
 
-    index = ctx.index()
-    known = index.files(folder.package)
-    same: set[str] = set()
-    unpushed: list[str] = []
-    for lk, entry in sorted(old.entries.items()):
-        path = folder.path / lk
-        try:
-            st = FileStat.of(os.stat(path))
-        except FileNotFoundError:
+    folders = [ctx.config.folder_by_package(only)] if only else list(ctx.config.folder)
+    for folder in folders:
+        if folder.retention is None:
+            ctx.emit(f"{folder.package}: no [folder.retention] table: nothing is pruned")
             continue
-        except OSError as e:
-            raise RestoreError(f"cannot read {path}: {e.strerror}") from None
-        current = latest.entries.get(lk) if latest else None
-        rec = known.get(lk)
-        if current is not None and rec is not None and rec.stat == st and not rec.racy and rec.hash == current.hash:
-            now = current  # the file is what the latest revision holds, by its recorded stat
-        else:
-            local = hashing.hash_like(path, (current or entry).hash.type)
-            if local is None:
-                local = hashing.chunked_sha256(path)
-            now = Entry(local, st.size, "")
-            if current is None or same_content(now, current) is not True:
-                if same_content(now, entry) is True:
-                    same.add(lk)
-                else:
-                    unpushed.append(lk)
-                continue
-        if same_content(now, entry) is True:
-            same.add(lk)
-    return same, unpushed
+        cat, _ = _catalog(ctx, folder.package, None)
+        plan, freed = do_prune(folder, cat, ctx.config.daemon.state_dir, dry_run=dry_run)
+        verb = "would delete" if dry_run else "deleted"
+        v = plan.verdict
+        ctx.emit(f"{folder.package} ({folder.registry}): keep {len(v.kept)}, prune {len(v.pruned)} revision(s)"
+                 + (" (dry run: nothing changed)" if dry_run else ""))
+        rows = sorted([(s, t, "keep", ", ".join(why)) for (s, t), why in v.kept.items()]
+                      + [(s, t, "drop", "") for s, t in v.pruned])
+        for stamp, top, what, why in rows:
+            ctx.emit(f"  {what}  {iso(stamp)}  {top}  {why}".rstrip())
+        shared = f" ({len(plan.shared)} kept: another package names them)" if plan.shared else ""
+        ctx.emit(f"  manifests: {verb} {len(plan.manifests)}{shared}")
+        ctx.emit(f"  object versions: {verb} {len(plan.versions)}, {plan.bytes_freed} bytes; "
+                 f"{plan.referenced} referenced by remaining revisions, {plan.young} younger than "
+                 f"grace_hours = {folder.retention.grace_hours:g}")
+        if not dry_run:
+            ctx.emit(f"  freed {freed} bytes")
+    return 0

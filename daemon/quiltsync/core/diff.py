@@ -42,6 +42,13 @@ class Change:
         return f"{self.kind} {self.key}"
 
 
+def _pinned(physical_key: str) -> bool:
+    """The URL names one object version (not none, not the overwritable "null")."""
+    _url, _sep, query = physical_key.partition("?")
+    vids = [p[len("versionId="):] for p in query.split("&") if p.startswith("versionId=")]
+    return bool(vids) and vids[0] not in ("", "null")
+
+
 def _chunked_of_sha256(hex_digest: str) -> str | None:
     try:
         return base64.b64encode(hashlib.sha256(bytes.fromhex(hex_digest)).digest()).decode()
@@ -51,12 +58,12 @@ def _chunked_of_sha256(hex_digest: str) -> str | None:
 
 def same_content(a: Entry, b: Entry) -> bool | None:
     """Whether two entries hold the same bytes; None when the entries cannot tell."""
-    if a.physical_key == b.physical_key and "versionId=" in a.physical_key:
-        return True
     if a.size != b.size:
         return False
     if a.hash.type == b.hash.type:
         return a.hash.value == b.hash.value
+    if a.physical_key == b.physical_key and _pinned(a.physical_key):
+        return True
     if a.size == 0:
         return True
     if {a.hash.type, b.hash.type} == {SHA256, CHUNKED} and 0 < a.size <= ONE_PART:

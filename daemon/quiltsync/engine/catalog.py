@@ -19,7 +19,7 @@ from typing import Any
 
 from quiltsync.core.diff import Change, diff_entries
 from quiltsync.core.types import Entry, Revision
-from quiltsync.errors import PermanentError, RestoreError, UsageError
+from quiltsync.errors import PermanentError, QuiltsyncError, RestoreError, UsageError
 from quiltsync.local import hashing
 from quiltsync.local.revcache import RevisionCache
 from quiltsync.remote.registry import Registry, unpinned_keys
@@ -46,11 +46,20 @@ def parse_time(text: str) -> float:
                          "2026-11-28, 2026-11-28T14:30 or 2026-11-28T14:30:00+01:00") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
+    try:
+        stamp = moment.timestamp()
+        iso(stamp)
+    except (ValueError, OverflowError, OSError):
+        raise UsageError(f"{text!r}: a time outside the years 1-9999 UTC") from None
+    return stamp
 
 
 def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class _Undecided(Exception):
+    """The bytes of an entry could not be read or did not match the entry."""
 
 
 class Catalog:
@@ -108,29 +117,33 @@ class Catalog:
             self._fresh.append((stamp, etag, top))
         return top
 
-    def revision(self, top_hash: str) -> Revision:
-        rev = self._parsed.get(top_hash)
-        if rev is not None:
+    def revision(self, top_hash: str, *, etag: str | None = None, fresh: bool = False) -> Revision:
+        """A revision, from the cache when it holds it (and, with ``etag``, the same
+        object as a LIST just saw); ``fresh``: read from S3 (its physical keys matter:
+        the same top_hash pushed again names other object versions)."""
+        rev = None if fresh else self._parsed.get(top_hash)
+        if rev is not None and etag is None:
             return rev
-        data = self.cache.manifest(self.identity, top_hash)
+        data = None if fresh else self.cache.manifest(self.identity, top_hash, etag)
+        rev = None
         if data is not None:
             try:
                 rev = self.registry.parse_revision(top_hash, data)
             except PermanentError:
                 rev = None
         if rev is None:
-            data = self.registry.manifest_bytes(top_hash)
+            data, got_etag = self.registry.manifest_object(top_hash)
             rev = self.registry.parse_revision(top_hash, data)  # verified before it is kept
-            self.cache.put_manifest(self.identity, top_hash, data)
+            self.cache.put_manifest(self.identity, top_hash, data, got_etag)
         self._parsed[top_hash] = rev
         return rev
 
     # -- naming a revision ------------------------------------------------------------------
-    def resolve(self, spec: str) -> Picked:
-        """A top_hash prefix, or a time: the revision that was latest then."""
+    def resolve(self, spec: str, *, allow_time: bool = True) -> Picked:
+        """A top_hash prefix, or (``allow_time``) a time: the revision that was latest then."""
         h = spec.strip().lower()
-        revs = self.revisions()
         if _HEX.fullmatch(h):
+            revs = self.revisions()
             matches = sorted({t for _, t in revs if t.startswith(h)})
             if len(matches) == 1:
                 stamp = max(s for s, t in revs if t == matches[0])
@@ -140,8 +153,10 @@ class Catalog:
                                  "give more digits")
             if len(h) == 64:  # a revision without a pointer (pruned from history) may still exist
                 return Picked(None, h, "top_hash")
-            if not re.fullmatch(r"\d{8}", h):
+            if not allow_time or not re.fullmatch(r"\d{8}", h):
                 raise RestoreError(f"{spec!r}: no revision of {self.package} in {self.registry.url} starts with it")
+        elif not allow_time:
+            raise UsageError(f"{spec!r}: expected 64 hex digits or a unique prefix of 6 or more")
         return self.at(parse_time(spec), spec)
 
     def at(self, when: float, spec: str | None = None) -> Picked:
@@ -187,16 +202,39 @@ class Catalog:
         cached = self.cache.changes(self.identity, old, new)
         if cached is not None:
             return [Change(k, kind) for k, kind in cached]
-        out = diff_entries(self.revision(old).entries, self.revision(new).entries, self._same_bytes)
-        self.cache.put_changes(self.identity, old, new, [(c.key, c.kind) for c in out])
+        undecided: set[str] = set()
+
+        def same(key: str, a: Entry, b: Entry) -> bool:
+            try:
+                return self._same_bytes(key, a, b)
+            except _Undecided:
+                undecided.add(key)
+                return False
+
+        out = diff_entries(self.revision(old).entries, self.revision(new).entries, same)
+        if not undecided:  # a verdict that could not read the bytes is not kept
+            self.cache.put_changes(self.identity, old, new, [(c.key, c.kind) for c in out])
         return out
 
     def _same_bytes(self, key: str, a: Entry, b: Entry) -> bool:
-        """Entries hashed in ways that cannot be compared: read both, hash both alike."""
+        """Entries hashed in ways that cannot be compared: read both, hash both alike.
+
+        Each download lands under a fixed name (never the logical key: a manifest
+        may hold any key) and must match its own entry; an entry that cannot be
+        read or does not match counts as changed, and the verdict is not cached."""
         with tempfile.TemporaryDirectory(prefix="quiltsync-diff-") as tmp:
             digests = []
             for side, entry in (("a", a), ("b", b)):
-                rev = Revision("", {}, {key: entry}, self.identity)
-                self.registry.fetch(self.package, rev, Path(tmp) / side, use_cache=False)
-                digests.append(hashing.chunked_sha256(Path(tmp) / side / key))
+                if not entry.physical_key.startswith("s3://"):
+                    raise _Undecided(key)
+                path = Path(tmp) / side / "object"
+                try:
+                    self.registry.fetch(self.package, Revision("", {}, {"object": entry}, self.identity),
+                                        path.parent, use_cache=False)
+                    own = hashing.hash_like(path, entry.hash.type)
+                except (QuiltsyncError, OSError):
+                    raise _Undecided(key) from None
+                if own is not None and own != entry.hash:
+                    raise _Undecided(key)
+                digests.append(hashing.chunked_sha256(path))
         return digests[0] == digests[1]

@@ -6,9 +6,12 @@ call costs a GET per pointer and per manifest (FACTS.md: 402 requests and 53 MB
 for 200 revisions of a 1,000-file package). Everything here is derived from the
 registry and safe to lose:
 
-- a manifest is named by its top_hash, so it never changes (stored compressed,
-  with the SHA-256 of its bytes, checked on every read; a row that fails is
-  dropped and read again from S3);
+- a manifest is named by its top_hash, so its content never changes (stored
+  compressed, with the SHA-256 of its bytes, checked on every read; a row that
+  fails is dropped and read again from S3). Its physical keys can: pushing the
+  same content again rewrites it with new object versions, so the ETag is kept
+  too, and whatever acts on physical keys (restore, revert, prune) reads the
+  manifest afresh or checks the ETag from a LIST;
 - a pointer ``named_packages/<name>/<unix seconds>`` keeps its content while
   its ETag stays the same (a pointer overwritten in the same second gets a new
   ETag and is read again);
@@ -39,8 +42,8 @@ from typing import Any
 MAX_BYTES = 512 * 1024 * 1024
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS manifest (identity TEXT, top_hash TEXT, sha256 TEXT, data BLOB, size INTEGER,
-    used REAL, PRIMARY KEY (identity, top_hash));
+CREATE TABLE IF NOT EXISTS manifest (identity TEXT, top_hash TEXT, etag TEXT, sha256 TEXT, data BLOB,
+    size INTEGER, used REAL, PRIMARY KEY (identity, top_hash));
 CREATE TABLE IF NOT EXISTS pointer (identity TEXT, package TEXT, stamp INTEGER, etag TEXT, top_hash TEXT,
     PRIMARY KEY (identity, package, stamp));
 CREATE TABLE IF NOT EXISTS change (identity TEXT, old TEXT, new TEXT, changes TEXT,
@@ -65,7 +68,7 @@ class RevisionCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = self._open(str(self.path))
             self.persistent = True
-        except (OSError, sqlite3.Error):
+        except (OSError, sqlite3.Error):  # unwritable, or not a database: work without it
             self.db = self._open(":memory:")
             self.persistent = False
 
@@ -76,6 +79,14 @@ class RevisionCache:
         db.executescript(_SCHEMA)
         return db
 
+    def _read(self, sql: str, args: tuple[object, ...]) -> list[Any]:
+        """Rows, or none when the cache cannot be read (it is only a cache)."""
+        try:
+            with self._lock:
+                return list(self.db.execute(sql, args).fetchall())
+        except sqlite3.Error:
+            return []
+
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         try:
             with self._lock:
@@ -84,12 +95,13 @@ class RevisionCache:
             pass  # a cache that cannot be written is only slower
 
     # -- manifests ------------------------------------------------------------------------
-    def manifest(self, identity: str, top_hash: str) -> bytes | None:
-        with self._lock:
-            row = self.db.execute("SELECT sha256, data FROM manifest WHERE identity = ? AND top_hash = ?",
-                                  (identity, top_hash)).fetchone()
-        if row is None:
+    def manifest(self, identity: str, top_hash: str, etag: str | None = None) -> bytes | None:
+        """The manifest as last read; with ``etag``, only if it is still that object."""
+        rows = self._read("SELECT sha256, data, etag FROM manifest WHERE identity = ? AND top_hash = ?",
+                          (identity, top_hash))
+        if not rows or (etag is not None and rows[0][2] != etag):
             return None
+        row = rows[0]
         try:
             data = zlib.decompress(row[1])
         except zlib.error:
@@ -101,10 +113,10 @@ class RevisionCache:
                     (time.time(), identity, top_hash))
         return data
 
-    def put_manifest(self, identity: str, top_hash: str, data: bytes) -> None:
+    def put_manifest(self, identity: str, top_hash: str, data: bytes, etag: str) -> None:
         packed = zlib.compress(data, 6)
-        self._write("INSERT OR REPLACE INTO manifest VALUES (?, ?, ?, ?, ?, ?)",
-                    (identity, top_hash, hashlib.sha256(data).hexdigest(), packed, len(packed), time.time()))
+        self._write("INSERT OR REPLACE INTO manifest VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (identity, top_hash, etag, hashlib.sha256(data).hexdigest(), packed, len(packed), time.time()))
         self._evict()
 
     def _evict(self) -> None:
@@ -125,9 +137,8 @@ class RevisionCache:
     # -- pointers -------------------------------------------------------------------------
     def pointers(self, identity: str, package: str) -> dict[int, tuple[str, str]]:
         """stamp -> (etag, top_hash) as last read."""
-        with self._lock:
-            rows = self.db.execute("SELECT stamp, etag, top_hash FROM pointer WHERE identity = ? AND package = ?",
-                                   (identity, package)).fetchall()
+        rows = self._read("SELECT stamp, etag, top_hash FROM pointer WHERE identity = ? AND package = ?",
+                          (identity, package))
         return {stamp: (etag, top) for stamp, etag, top in rows}
 
     def put_pointers(self, identity: str, package: str, rows: list[tuple[int, str, str]]) -> None:
@@ -153,13 +164,12 @@ class RevisionCache:
 
     # -- changes between two revisions ------------------------------------------------------
     def changes(self, identity: str, old: str, new: str) -> list[tuple[str, str]] | None:
-        with self._lock:
-            row = self.db.execute("SELECT changes FROM change WHERE identity = ? AND old = ? AND new = ?",
-                                  (identity, old, new)).fetchone()
-        if row is None:
+        rows = self._read("SELECT changes FROM change WHERE identity = ? AND old = ? AND new = ?",
+                          (identity, old, new))
+        if not rows:
             return None
         try:
-            return [(str(k), str(kind)) for k, kind in json.loads(row[0])]
+            return [(str(k), str(kind)) for k, kind in json.loads(rows[0][0])]
         except (ValueError, TypeError):
             return None
 
@@ -168,11 +178,9 @@ class RevisionCache:
 
     # -- what a listing shows of a revision ---------------------------------------------------
     def summary(self, identity: str, top_hash: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self.db.execute("SELECT summary FROM summary WHERE identity = ? AND top_hash = ?",
-                                  (identity, top_hash)).fetchone()
+        rows = self._read("SELECT summary FROM summary WHERE identity = ? AND top_hash = ?", (identity, top_hash))
         try:
-            return dict(json.loads(row[0])) if row is not None else None
+            return dict(json.loads(rows[0][0])) if rows else None
         except (ValueError, TypeError):
             return None
 

@@ -18,6 +18,7 @@ import io
 import re
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,15 @@ _TRANSIENT_EXC = (
     ConnectionError,
     TimeoutError,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectVersion:
+    key: str
+    version_id: str
+    size: int
+    modified: float  # unix time
+    latest: bool
 
 
 class _Stamped(quilt3.Package):
@@ -171,9 +181,15 @@ class Registry:
     # -- reads that bypass quilt3's caches ----------------------------------------
     def _get(self, key: str, what: str) -> bytes | None:
         """An object's bytes, or None when there is no such key."""
+        got = self._get_object(key, what)
+        return None if got is None else got[0]
+
+    def _get_object(self, key: str, what: str) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of an object, or None when there is no such key."""
         with mapped_errors(f"reading {what}s3://{self.bucket}/{key}"):
             try:
-                return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+                resp = self.s3.get_object(Bucket=self.bucket, Key=key)
+                return bytes(resp["Body"].read()), str(resp.get("ETag", ""))
             except bce.ClientError as e:
                 if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     return None
@@ -189,12 +205,18 @@ class Registry:
         return self.parse_revision(top_hash, self.manifest_bytes(top_hash))
 
     def manifest_bytes(self, top_hash: str) -> bytes:
+        return self.manifest_object(top_hash)[0]
+
+    def manifest_object(self, top_hash: str) -> tuple[bytes, str]:
+        """A manifest's (bytes, ETag). The ETag tells a rewrite: pushing the same
+        content again rewrites the manifest with other physical keys (they are not
+        part of the top_hash)."""
         key = f".quilt/packages/{top_hash}"
-        data = self._get(key, "manifest ")
-        if data is None:
+        got = self._get_object(key, "manifest ")
+        if got is None:
             raise PermanentError(f"no manifest s3://{self.bucket}/{key}: the revision's manifest "
                                  "was deleted, or the top_hash is not of this registry")
-        return data
+        return got
 
     def parse_revision(self, top_hash: str, data: bytes) -> Revision:
         """A manifest's bytes as a revision of this registry, checked against its top_hash."""
@@ -222,7 +244,7 @@ class Registry:
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     stamp = obj["Key"][len(prefix):]
-                    if stamp.isdigit():
+                    if stamp.isascii() and stamp.isdigit():
                         out.append((int(stamp), str(obj.get("ETag", ""))))
         return sorted(out)
 
@@ -235,6 +257,58 @@ class Registry:
         """(unix time, top_hash) of every revision pointer, oldest first (a GET each)."""
         return [(stamp, top) for stamp, _etag in self.pointers(name)
                 if (top := self.read_pointer(name, stamp)) is not None]
+
+    # -- listing and deleting (prune) ---------------------------------------------
+    def keys(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, ETag) of every current object under ``prefix``."""
+        out: list[tuple[str, str]] = []
+        with mapped_errors(f"listing s3://{self.bucket}/{prefix}"):
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                out.extend((str(obj["Key"]), str(obj.get("ETag", ""))) for obj in page.get("Contents", []))
+        return out
+
+    def object_versions(self, prefix: str) -> list[ObjectVersion]:
+        """Every object version (not delete markers) under ``prefix``."""
+        out: list[ObjectVersion] = []
+        with mapped_errors(f"listing versions of s3://{self.bucket}/{prefix}"):
+            pages = self.s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for v in page.get("Versions", []):
+                    out.append(ObjectVersion(str(v["Key"]), str(v.get("VersionId") or "null"), int(v.get("Size", 0)),
+                                             v["LastModified"].timestamp(), bool(v.get("IsLatest"))))
+        return out
+
+    def delete_versions(self, versions: list[tuple[str, str]]) -> None:
+        """Delete these (key, versionId) for good, 1,000 a request; raises if any fails."""
+        with mapped_errors(f"deleting object versions in s3://{self.bucket}"):
+            for i in range(0, len(versions), 1000):
+                batch = [{"Key": k, "VersionId": v} for k, v in versions[i:i + 1000]]
+                resp = self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                errors = resp.get("Errors") or []
+                if errors:
+                    e = errors[0]
+                    raise PermanentError(f"deleting s3://{self.bucket}/{e.get('Key')} version {e.get('VersionId')}: "
+                                         f"{e.get('Code')}: {e.get('Message')} ({len(errors)} failed)")
+
+    def delete_key(self, key: str) -> int:
+        """Delete every version of ``key`` and its delete markers (in a versioned bucket
+        a plain delete only hides it); returns the bytes freed."""
+        with mapped_errors(f"listing versions of s3://{self.bucket}/{key}"):
+            resp = self.s3.list_object_versions(Bucket=self.bucket, Prefix=key)
+        versions = [v for v in resp.get("Versions", []) if v["Key"] == key]
+        markers = [m for m in resp.get("DeleteMarkers", []) if m["Key"] == key]
+        self.delete_versions([(key, str(v["VersionId"])) for v in [*versions, *markers]])
+        return sum(int(v.get("Size", 0)) for v in versions)
+
+    def lifecycle_rules(self) -> list[dict[str, Any]]:
+        """The bucket's lifecycle rules ([] when it has none)."""
+        with mapped_errors(f"reading the lifecycle configuration of s3://{self.bucket}"):
+            try:
+                return list(self.s3.get_bucket_lifecycle_configuration(Bucket=self.bucket).get("Rules", []))
+            except bce.ClientError as e:
+                if e.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+                    return []
+                raise
 
     # -- workflows -------------------------------------------------------------
     def workflows(self) -> Any:
