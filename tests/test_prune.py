@@ -183,7 +183,7 @@ def test_sigkill_at_random_points_never_leaves_a_kept_revision_unrestorable(setu
     trials = int(os.environ.get("QUILTSYNC_PRUNE_TRIALS", "20"))
     cache = setup.root / "revcache.sqlite3"
     add_revisions(setup, 2, 0)
-    killed = 0
+    killed = interrupted = 0
     for trial in range(trials):
         add_revisions(setup, 1, 10 * (trial + 1))
         proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(setup.config_path), "0.15", str(cache)],
@@ -193,6 +193,7 @@ def test_sigkill_at_random_points_never_leaves_a_kept_revision_unrestorable(setu
             proc.send_signal(signal.SIGKILL)
             killed += 1
         proc.communicate(timeout=60)
+        interrupted += bool(list((setup.state_dir / "prune").glob("*.json")))  # killed mid-deletions
         assert restorable(setup, local_s3) == [], f"trial {trial}: a kept revision broke"
         assert len(history_tops(setup)) >= 2
     setup.cli("prune", check=True)  # a rerun finishes whatever was interrupted
@@ -200,3 +201,4 @@ def test_sigkill_at_random_points_never_leaves_a_kept_revision_unrestorable(setu
     journal = Path(setup.state_dir) / "prune"
     assert not list(journal.glob("*.json"))
     assert killed >= trials // 2, f"only {killed} of {trials} runs were killed mid-prune"
+    assert interrupted >= trials // 5, f"only {interrupted} of {trials} kills landed among the deletions"
