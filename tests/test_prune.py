@@ -202,3 +202,59 @@ def test_sigkill_at_random_points_never_leaves_a_kept_revision_unrestorable(setu
     assert not list(journal.glob("*.json"))
     assert killed >= trials // 2, f"only {killed} of {trials} runs were killed mid-prune"
     assert interrupted >= trials // 5, f"only {interrupted} of {trials} kills landed among the deletions"
+
+
+# -- health: lifecycle rules and object versions deleted behind quiltsync's back -----------------
+def test_a_lifecycle_rule_that_expires_noncurrent_versions_fails_check(setup: Setup, local_s3) -> None:
+    (setup.folder / "a.txt").write_text("a")
+    setup.cli("push", check=True)
+    bucket = setup.registry[len("s3://"):]
+    local_s3.client().put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+        {"ID": "archive", "Status": "Enabled", "Filter": {"Prefix": "team/"},
+         "Transitions": [{"Days": 30, "StorageClass": "GLACIER"}]},
+        {"ID": "expire-old-versions", "Status": "Enabled", "Filter": {"Prefix": ""},
+         "NoncurrentVersionExpiration": {"NoncurrentDays": 30}}]})
+    proc = setup.cli("check")
+    assert proc.returncode == 1, proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if " lifecycle " in x)
+    assert line.startswith("fail") and "'expire-old-versions'" in line and "noncurrent" in line
+    assert "Transitions" in line
+    local_s3.client().put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+        {"ID": "archive", "Status": "Enabled", "Filter": {"Prefix": "team/"},
+         "Transitions": [{"Days": 30, "StorageClass": "GLACIER"}]}]})
+    proc = setup.cli("check")
+    assert proc.returncode == 0 and next(x for x in proc.stdout.splitlines() if " lifecycle " in x).startswith("ok")
+
+
+def test_an_object_version_deleted_behind_our_back_is_found_by_the_sampled_check(setup: Setup, local_s3) -> None:
+    for i in range(5):
+        (setup.folder / f"f{i}.txt").write_text(f"file {i}")
+    top = setup.cli("push", check=True).stdout.split()[1]
+    assert setup.cli("check").returncode == 0
+    pk = setup.registry_api().revision(setup.package, top).entries["f3.txt"].physical_key
+    bucket = setup.registry[len("s3://"):]
+    local_s3.client().delete_object(Bucket=bucket, Key=f"{setup.package}/f3.txt", VersionId=pk.split("versionId=")[1])
+    proc = setup.cli("check")
+    assert proc.returncode == 1
+    line = next(x for x in proc.stdout.splitlines() if " manifest_pinned " in x)
+    assert line.startswith("fail") and "'f3.txt'" in line and "is gone" in line and top[:12] in line
+
+
+def test_the_daemon_prunes_on_its_interval_and_logs_it(five) -> None:
+    from daemonproc import DaemonProcess
+
+    setup, tops, _ = five
+    write_config(setup.config_path, setup.folder, setup.package, setup.registry, setup.endpoint,
+                 setup.state_dir, KEEP_LAST_2)
+    setup.config_path.write_text(setup.config_path.read_text().replace(
+        "[daemon]\n", "[daemon]\nprune_interval_hours = 0.001\n"))
+    d = DaemonProcess(setup.config_path)
+    try:
+        done = d.wait_for(lambda e: e.get("event") == "prune.completed", timeout=60)
+        assert (done["package"], done["kept"], done["pruned"]) == (setup.package, 2, 3)
+        assert history_tops(setup) == tops[3:]
+        d.signal(signal.SIGTERM)
+        assert d.stop() == 0
+    finally:
+        d.kill()
+    assert (setup.state_dir / "prune" / "team%2Fdata.last").exists()

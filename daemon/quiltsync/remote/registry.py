@@ -300,6 +300,29 @@ class Registry:
         self.delete_versions([(key, str(v["VersionId"])) for v in [*versions, *markers]])
         return sum(int(v.get("Size", 0)) for v in versions)
 
+    def missing_versions(self, physical_keys: list[str]) -> list[str]:
+        """Those of ``physical_keys`` (pinned) whose object version is gone (HEAD each,
+        with the health checks' short timeouts)."""
+        from urllib.parse import unquote, urlparse
+
+        gone = []
+        client = _quick_client()
+        for pk in physical_keys:
+            u = urlparse(pk)
+            vid = version_id_of(pk)
+            try:
+                client.head_object(Bucket=u.netloc, Key=unquote(u.path.lstrip("/")), VersionId=vid)
+            except bce.ClientError as e:
+                code = str(e.response.get("Error", {}).get("Code", ""))
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code in ("404", "NoSuchKey", "NoSuchVersion", "405", "MethodNotAllowed") or status in (404, 405):
+                    gone.append(pk)
+                else:
+                    raise classify(e)(f"checking s3://{u.netloc}: {describe(e)}") from e
+            except bce.BotoCoreError as e:
+                raise classify(e)(f"checking s3://{u.netloc}: {describe(e)}") from e
+        return gone
+
     def lifecycle_rules(self) -> list[dict[str, Any]]:
         """The bucket's lifecycle rules ([] when it has none)."""
         with mapped_errors(f"reading the lifecycle configuration of s3://{self.bucket}"):

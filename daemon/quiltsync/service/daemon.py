@@ -38,6 +38,8 @@ from quiltsync.remote import settings as s3settings
 from quiltsync.service.health import CheckResult
 from quiltsync.service.monitor import HealthMonitor, start_metrics
 from quiltsync.service.notify import Notifier
+from quiltsync.service.pruner import CHECK_SECONDS as PRUNE_CHECK_SECONDS
+from quiltsync.service.pruner import Pruner
 from quiltsync.service.pushes import Pushes
 from quiltsync.service.roots import ROOT_CHECK_SECONDS, Roots, RootState
 
@@ -96,9 +98,11 @@ class Daemon:
         self._next_root_check = 0.0
         self._next_health = 0.0
         self._next_hold_poll = 0.0
+        self._next_prune = 0.0
         self._watcher: Any = None
         self.roots = Roots(None, self.log)
         self.monitor: HealthMonitor | None = None
+        self.pruner: Pruner | None = None
         self.metrics: Any = None
 
     # -- life cycle -------------------------------------------------------------------
@@ -127,11 +131,13 @@ class Daemon:
                       folders=len(self.config.folder))
         self.metrics = self.pushes.metrics = start_metrics(self.config.daemon.metrics_address, self.log)
         self.monitor = HealthMonitor(self.index, self.log, self.metrics)
+        self.pruner = Pruner(self.config.daemon.state_dir, self.log)
         for f in self.config.folder:
             self._add_folder(f)
         now = self.clock()
         self._next_rescan = now + self.config.daemon.rescan_interval_seconds
         self._next_root_check = now + ROOT_CHECK_SECONDS
+        self._next_prune = now + min(60.0, self._prune_interval())  # after the start-up reconcile
         if not self.health_checks:
             self._next_health = math.inf
         self.notifier.ready(self._status_line())
@@ -162,7 +168,7 @@ class Daemon:
         self._update_gauges()
 
     def _next_wakeup(self, now: float) -> float:
-        times = [self._next_rescan, self._next_root_check, self._next_health]
+        times = [self._next_rescan, self._next_root_check, self._next_health, self._next_prune]
         deadline = self.schedule.next_deadline()
         if deadline is not None:
             times.append(deadline)
@@ -188,11 +194,17 @@ class Daemon:
         if now >= self._next_hold_poll:
             self._next_hold_poll = now + HOLD_POLL_SECONDS
             self._poll_holds(now)
+        if now >= self._next_prune and self.pruner is not None:
+            self._next_prune = now + min(PRUNE_CHECK_SECONDS, self._prune_interval())
+            self.pruner.start([st.config for st in self.folders.values()], self._prune_interval())
         if now >= self._next_health:
             self._next_health = now + self.config.daemon.health_interval_seconds
             self._start_health()
         if self._pending_reload is not None and not self.pushes.running:
             self._apply_reload(self._pending_reload)
+
+    def _prune_interval(self) -> float:
+        return self.config.daemon.prune_interval_hours * 3600
 
     # -- messages ---------------------------------------------------------------------
     def _on_change(self, package: str, path: str | None) -> None:  # watchdog's thread
@@ -376,6 +388,8 @@ class Daemon:
         self.pushes.shutdown()
         if self.monitor is not None:
             self.monitor.shutdown()
+        if self.pruner is not None:
+            self.pruner.shutdown()
         if self.metrics is not None:
             self.metrics.stop()
         if self.index is not None:

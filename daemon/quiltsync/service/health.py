@@ -47,6 +47,7 @@ def run_all(config: Config, *, installed_watches: Callable[[], int] | None = Non
         if r.ok:
             reachable.add(bucket)
             out.append(check_versioning(bucket, folders))
+            out.append(check_lifecycle(bucket, folders))
             workflows = _read_workflows(bucket)
             for f in folders:
                 latest = _latest(f)
@@ -125,12 +126,89 @@ def check_manifest_pinned(folder: FolderConfig, rev: Revision | QuiltsyncError |
         return CheckResult("manifest_pinned", target, "ok", "no revision yet")
     bad = unpinned_keys(rev.entries)
     if not bad:
-        return CheckResult("manifest_pinned", target, "ok",
-                           f"latest {rev.top_hash[:12]}: all {len(rev.entries)} entries pinned")
+        return _sampled(folder, rev, int(time.time() // _SAMPLE_SLOT_S))
     return CheckResult("manifest_pinned", target, "fail",
                        f"latest {rev.top_hash[:12]}: {len(bad)} of {len(rev.entries)} entries have no "
                        f"versionId (first: {bad[0]!r}); it was pushed without versioning and cannot be "
                        "restored exactly; the next push re-pins changed files only")
+
+
+_SAMPLE = 32  # object versions HEADed per revision per health run
+_SAMPLE_SLOT_S = 60.0  # the rotation advances once a minute: every version is checked within N/32 runs
+
+
+def _sampled(folder: FolderConfig, latest: Revision, slot: int) -> CheckResult:
+    """HEAD a rotating slice of the pinned object versions of the latest revision and
+    of one older revision still in history (a different one each run): a version
+    deleted behind quiltsync's back (by hand, by a lifecycle rule) is found before
+    anyone needs it. Each version of a revision is checked within
+    ceil(entries / 32) runs."""
+    from quiltsync.engine.catalog import Catalog
+    from quiltsync.remote.registry import Registry
+
+    reg = Registry(folder.registry)
+    revisions = [latest]
+    try:
+        catalog = Catalog(reg, folder.package)
+        older = [top for _s, top in catalog.revisions() if top != latest.top_hash]
+        if older:
+            revisions.append(catalog.revision(older[slot % len(older)], fresh=True))
+    except QuiltsyncError:
+        pass  # the latest alone is still checked
+    checked, gone = 0, []
+    try:
+        for rev in revisions:
+            keys = sorted(rev.entries)
+            start = (slot * _SAMPLE) % len(keys) if keys else 0
+            part = [keys[(start + i) % len(keys)] for i in range(min(_SAMPLE, len(keys)))]
+            missing = set(reg.missing_versions([rev.entries[lk].physical_key for lk in part]))
+            checked += len(part)
+            gone += [(rev.top_hash, lk) for lk in part if rev.entries[lk].physical_key in missing]
+    except QuiltsyncError as e:
+        return CheckResult("manifest_pinned", folder.package, "warn", f"cannot check object versions now: {e}")
+    if gone:
+        top, lk = gone[0]
+        return CheckResult("manifest_pinned", folder.package, "fail",
+                           f"revision {top[:12]}: the object version of {lk!r} is gone ({len(gone)} missing of "
+                           f"{checked} checked): deleted by hand or by a lifecycle rule; that revision cannot be "
+                           "restored (restore fails on it); check the bucket's lifecycle rules and who deletes "
+                           "object versions")
+    return CheckResult("manifest_pinned", folder.package, "ok",
+                       f"latest {latest.top_hash[:12]}: all {len(latest.entries)} entries pinned; "
+                       f"{checked} object versions of {len(revisions)} revision(s) checked present")
+
+
+def check_lifecycle(bucket: str, folders: list[FolderConfig]) -> CheckResult:
+    """A lifecycle rule that expires object versions under a watched package's prefix
+    or under .quilt/ silently breaks revisions (FACTS.md): fail, naming the rule."""
+    from quiltsync.remote.registry import Registry
+
+    target = f"s3://{bucket}"
+    try:
+        rules = Registry(target).lifecycle_rules()
+    except QuiltsyncError as e:
+        return CheckResult("lifecycle", target, "warn", f"cannot read the lifecycle configuration: {e}")
+    watched = [".quilt/", *(f"{f.package}/" for f in folders)]
+    for rule in rules:
+        if rule.get("Status") != "Enabled":
+            continue
+        what = [a for a in ("NoncurrentVersionExpiration", "Expiration") if rule.get(a)]
+        if not what:
+            continue
+        flt = rule.get("Filter") or {}
+        prefix = flt.get("Prefix", (flt.get("And") or {}).get("Prefix", rule.get("Prefix", ""))) or ""
+        hit = [w for w in watched if w.startswith(prefix) or prefix.startswith(w)]
+        if hit:
+            why = ("expires noncurrent object versions, which older revisions are pinned to"
+                   if "NoncurrentVersionExpiration" in what else
+                   "expires current objects (the revision pointers and manifests under .quilt/ among them)")
+            return CheckResult("lifecycle", target, "fail",
+                               f"lifecycle rule {rule.get('ID') or '(no ID)'!r} (prefix {prefix!r}) {why}; "
+                               f"it applies to {', '.join(hit)}: revisions would restore nothing. Use "
+                               "Transitions to cheaper storage classes instead, and `quiltsync prune` with "
+                               "[folder.retention] to drop old revisions safely")
+    return CheckResult("lifecycle", target, "ok",
+                       f"{len(rules)} lifecycle rule(s); none expires objects under .quilt/ or a watched package")
 
 
 def check_workflow(folder: FolderConfig, workflows: Any, latest: Revision | QuiltsyncError | None) -> CheckResult:
