@@ -44,6 +44,7 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/incremental.py
 	$(BIN)/python bench/history.py
+	$(BIN)/python bench/prune.py
 	$(BIN)/python bench/daemon.py latency
 	$(BIN)/python bench/daemon.py storm
 	$(BIN)/python bench/daemon.py idle

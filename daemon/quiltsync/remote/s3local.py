@@ -49,7 +49,8 @@ def _inject(body: bytes | str, closing_tag: str, element: str) -> bytes | str:
 
 
 def _patch_moto() -> None:
-    """Add ChecksumSHA256 where moto 5.2.5 leaves it out (idempotent)."""
+    """Add ChecksumSHA256 where moto 5.2.5 leaves it out, and keep its version listing
+    from copying every object's bytes (idempotent)."""
     global _PATCHED
     with _PATCH_LOCK:
         if _PATCHED:
@@ -97,6 +98,25 @@ def _patch_moto() -> None:
             self.regex = "(?s:" + self.regex + ")"
 
         utilities.RegexConverter.__init__ = converter_init  # type: ignore[method-assign]
+
+        # list_object_versions deep-copies every object version of the bucket, bytes
+        # included (FakeKey.__getstate__ reads the value), for each page, only to set
+        # is_latest on the copies: listing the versions of a bucket holding 500 MB of
+        # manifests took 24 GB. Its only deepcopy becomes a copy of the attributes.
+        import copy as _copy
+        import types
+
+        from moto.s3 import models
+
+        def _attribute_copies(versions: Any, memo: Any = None) -> Any:
+            out = []
+            for v in versions:
+                c = object.__new__(type(v))
+                c.__dict__.update(v.__dict__)
+                out.append(c)
+            return out
+
+        models.copy = types.SimpleNamespace(copy=_copy.copy, deepcopy=_attribute_copies)  # type: ignore[assignment]
         _PATCHED = True
 
 
