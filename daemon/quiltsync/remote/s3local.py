@@ -108,10 +108,16 @@ def _patch_moto() -> None:
 
         from moto.s3 import models
 
+        listed: dict[type, type] = {}
+
         def _attribute_copies(versions: Any, memo: Any = None) -> Any:
             out = []
             for v in versions:
-                c = object.__new__(type(v))
+                cls = type(v)
+                if cls not in listed:  # a copy shares the value's buffer: it must never close it
+                    listed[cls] = type(f"Listed{cls.__name__}", (cls,),
+                                       {"dispose": lambda self, *a, **k: None, "__del__": lambda self: None})
+                c: Any = object.__new__(listed[cls])
                 c.__dict__.update(v.__dict__)
                 out.append(c)
             return out
