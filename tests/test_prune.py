@@ -258,3 +258,24 @@ def test_the_daemon_prunes_on_its_interval_and_logs_it(five) -> None:
     finally:
         d.kill()
     assert (setup.state_dir / "prune" / "team%2Fdata.last").exists()
+
+
+def test_a_manifest_rewritten_by_the_same_content_keeps_the_first_pushs_objects(setup: Setup, local_s3) -> None:
+    """Two packages pushed with the same files and message get the same top_hash: the
+    second push rewrites the manifest with its own physical keys. Whoever read the
+    first version (the first package's index, another machine) still points at the
+    first package's objects, so prune must keep them."""
+    import quilt3
+
+    (setup.folder / "x.csv").write_text("identical")
+    first = quilt3.Package().set("x.csv", str(setup.folder / "x.csv"))
+    top_a = first.push("team/a", setup.registry, message="same").top_hash
+    top_b = quilt3.Package().set("x.csv", str(setup.folder / "x.csv")).push("team/b", setup.registry,
+                                                                            message="same").top_hash
+    assert top_a == top_b
+    key_a = versions(local_s3, setup, "team/a/x.csv")
+    assert len(key_a) == 1
+    write_config(setup.config_path, setup.folder, "team/a", setup.registry, setup.endpoint, setup.state_dir,
+                 "[folder.retention]\nkeep_last = 1\ngrace_hours = 0\n")
+    setup.cli("prune", check=True)
+    assert versions(local_s3, setup, "team/a/x.csv") == key_a

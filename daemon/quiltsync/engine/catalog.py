@@ -117,6 +117,21 @@ class Catalog:
             self._fresh.append((stamp, etag, top))
         return top
 
+    def revision_version(self, top_hash: str, version_id: str) -> Revision:
+        """One object version of a manifest (immutable: cached by its versionId, not kept
+        in memory: prune walks every manifest of a bucket)."""
+        name = f"{top_hash}@{version_id}"
+        data = self.cache.manifest(self.identity, name, "immutable")
+        if data is not None:
+            try:
+                return self.registry.parse_revision(top_hash, data)
+            except PermanentError:
+                pass
+        data = self.registry.manifest_version(top_hash, version_id)
+        rev = self.registry.parse_revision(top_hash, data)
+        self.cache.put_manifest(self.identity, name, data, "immutable")
+        return rev
+
     def revision(self, top_hash: str, *, etag: str | None = None, fresh: bool = False) -> Revision:
         """A revision, from the cache when it holds it (and, with ``etag``, the same
         object as a LIST just saw); ``fresh``: read from S3 (its physical keys matter:

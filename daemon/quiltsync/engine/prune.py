@@ -6,17 +6,21 @@ prints. Carrying it out (``carry_out``) deletes in the order that keeps every
 kept revision restorable at every moment, whatever a reader sees between steps
 and wherever the process is killed:
 
-1. a journal in ``state_dir`` records the manifests to delete (so a rerun
-   finishes them even after their pointers are gone);
+1. a journal in ``state_dir`` records the manifest versions to delete, and the
+   registry (so a rerun finishes them even after their pointers are gone);
 2. the pruned revisions' timestamp pointers: the revisions leave `history`;
    a manifest without a pointer is invisible, never half-visible;
-3. their manifests, every version (in a versioned bucket a plain delete only
-   hides an object), unless another package's pointer names the same top_hash;
-4. the object versions under the package's prefix that no remaining manifest in
-   the bucket references (manifests of every package: quilt3 lets a package
-   point at another's objects; an entry without a versionId protects every
-   version of its key) and that are older than the grace period (a push in flight
-   uploads first and writes its manifest last);
+3. their manifests: exactly the object versions listed when planning (a plain
+   delete in a versioned bucket only hides an object; a rewrite of the same
+   top_hash after the plan survives), unless a kept revision, `latest` or another
+   package's pointer names the same top_hash;
+4. the object versions under the package's prefix that no remaining manifest
+   version in the bucket references (manifests of every package: quilt3 lets a
+   package point at another's objects; every version of a manifest, since the
+   same top_hash pushed again is rewritten with other physical keys and older
+   readers keep the first; an entry without a versionId protects every version
+   of its key) and that are older than the grace period (a push in flight uploads
+   first and writes its manifest last);
 5. the journal.
 
 Step 4 only ever deletes what no manifest still in the bucket references, so a
@@ -38,6 +42,7 @@ from urllib.parse import unquote, urlparse
 from quiltsync.config import FolderConfig, RetentionConfig
 from quiltsync.core.retention import Policy, Verdict, decide
 from quiltsync.engine.catalog import Catalog
+from quiltsync.errors import PermanentError
 from quiltsync.local.locks import package_lock
 from quiltsync.logs import get_logger
 from quiltsync.remote.registry import ObjectVersion, Registry, version_id_of
@@ -55,8 +60,11 @@ class PrunePlan:
     manifests: list[str]  # top_hashes whose manifests go
     shared: list[str]  # pruned top_hashes kept because another package's pointer names them
     versions: list[ObjectVersion] = field(default_factory=list)  # object versions that go
+    manifest_versions: list[tuple[str, str]] = field(default_factory=list)  # (key, versionId) that go
     young: int = 0  # unreferenced versions kept for the grace period
     referenced: int = 0  # versions under the prefix that remaining manifests reference
+
+    manifest_bytes: int = 0
 
     @property
     def bytes_freed(self) -> int:
@@ -68,23 +76,29 @@ def _journal(state_dir: Path, package: str) -> Path:
 
 
 def plan_prune(folder: FolderConfig, catalog: Catalog, now: float,
-               finishing: list[str] | None = None) -> PrunePlan:
-    """What a prune of ``folder`` would delete now (reads only). ``finishing``:
-    manifests an interrupted prune was deleting (they no longer count as remaining)."""
+               finishing: list[tuple[str, str]] | None = None) -> PrunePlan:
+    """What a prune of ``folder`` would delete now (reads only). ``finishing``: the
+    manifest versions an interrupted prune was deleting (recorded in its journal)."""
     assert folder.retention is not None
     reg = catalog.registry
     package = folder.package
     revisions = catalog.revisions()
     latest = reg.latest(package)
+    if latest is None and revisions:
+        raise PermanentError(f"{package}: s3://{reg.bucket}/.quilt/named_packages/{package}/latest is missing "
+                             "while revisions exist; not pruning until it is back (push once to restore it)")
     verdict = decide(policy_of(folder.retention), revisions, latest)
     named_elsewhere = _named_by_other_packages(reg, catalog, package)
     removable = verdict.removable()
-    named = named_elsewhere | {top for _stamp, top in verdict.kept}  # named again since: they stay
-    manifests = sorted(t for t in {*removable, *(finishing or [])} if t not in named)
-    plan = PrunePlan(package, folder.registry, verdict, manifests,
-                     shared=[t for t in removable if t in named_elsewhere])
-    _collect(plan, reg, catalog, now - folder.retention.grace_hours * 3600)
+    named = named_elsewhere | {top for _stamp, top in verdict.kept} | ({latest} if latest else set())
+    tops = sorted(t for t in removable if t not in named)
+    plan = PrunePlan(package, folder.registry, verdict, tops, shared=[t for t in removable if t in named_elsewhere])
+    _collect(plan, reg, catalog, now - folder.retention.grace_hours * 3600, named,
+             [(k, v) for k, v in (finishing or []) if k[len(MANIFESTS):] not in named])
     return plan
+
+
+MANIFESTS = ".quilt/packages/"
 
 
 def _named_by_other_packages(reg: Registry, catalog: Catalog, package: str) -> set[str]:
@@ -100,34 +114,47 @@ def _named_by_other_packages(reg: Registry, catalog: Catalog, package: str) -> s
     return out
 
 
-def _collect(plan: PrunePlan, reg: Registry, catalog: Catalog, cutoff: float) -> None:
-    """Object versions under the package's prefix that no remaining manifest references."""
+def _collect(plan: PrunePlan, reg: Registry, catalog: Catalog, cutoff: float, named: set[str],
+             finishing: list[tuple[str, str]]) -> None:
+    """The manifest versions that go (exactly these: a rewrite of the same top_hash
+    after the plan survives), and the object versions under the package's prefix
+    that no remaining manifest version of any package references. Every version
+    of a manifest counts, not only the current one: pushing the same content again
+    rewrites a manifest with other physical keys, and whoever read the older
+    version (an index, a cache, another machine) still points at its objects."""
     prefix = f"{plan.package}/"
-    gone = set(plan.manifests)
+    gone_tops = set(plan.manifests)
+    listed = [v for v in reg.object_versions(MANIFESTS) if "/" not in v.key[len(MANIFESTS):]]
+    present = {(v.key, v.version_id) for v in listed}
+    plan.manifest_versions = sorted({*((v.key, v.version_id) for v in listed
+                                       if v.key[len(MANIFESTS):] in gone_tops), *(present & set(finishing))})
+    going = set(plan.manifest_versions)
+    plan.manifest_bytes = sum(v.size for v in listed if (v.key, v.version_id) in going)
     pinned: set[tuple[str, str]] = set()
     whole: set[str] = set()  # keys referenced without a versionId: every version stays
-    for key, etag in reg.keys(".quilt/packages/"):
-        top = key[len(".quilt/packages/"):]
-        if top in gone or "/" in top:
+    for v in listed:
+        if (v.key, v.version_id) in going:
             continue
-        # the manifest as it is now (ETag): a rewrite names other object versions
-        for e in catalog.revision(top, etag=etag).entries.values():
+        top = v.key[len(MANIFESTS):]
+        rev = catalog.revision_version(top, v.version_id) if v.version_id != "null" else \
+            catalog.revision(top, fresh=True)
+        for e in rev.entries.values():
             u = urlparse(e.physical_key)
             k = unquote(u.path.lstrip("/"))
             if u.netloc != reg.bucket or not k.startswith(prefix):
                 continue
             vid = version_id_of(e.physical_key)
-            if vid:
+            if vid and vid != "null":
                 pinned.add((k, vid))
             else:
                 whole.add(k)
-    for v in reg.object_versions(prefix):
-        if (v.key, v.version_id) in pinned or v.key in whole:
+    for ov in reg.object_versions(prefix):
+        if (ov.key, ov.version_id) in pinned or ov.key in whole:
             plan.referenced += 1
-        elif v.modified > cutoff:
+        elif ov.modified > cutoff:
             plan.young += 1
         else:
-            plan.versions.append(v)
+            plan.versions.append(ov)
 
 
 def carry_out(plan: PrunePlan, reg: Registry, state_dir: Path,
@@ -137,15 +164,15 @@ def carry_out(plan: PrunePlan, reg: Registry, state_dir: Path,
     journal = _journal(state_dir, plan.package)
     journal.parent.mkdir(parents=True, exist_ok=True)
     tmp = journal.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"manifests": plan.manifests}))
+    tmp.write_text(json.dumps({"registry": reg.identity, "manifest_versions": plan.manifest_versions}))
     os.replace(tmp, journal)
     freed = 0
     step("pointers")
     for stamp, _top in plan.verdict.pruned:
         freed += reg.delete_key(f".quilt/named_packages/{plan.package}/{stamp}")
     step("manifests")
-    for top in plan.manifests:
-        freed += reg.delete_key(f".quilt/packages/{top}")
+    reg.delete_versions(plan.manifest_versions)
+    freed += plan.manifest_bytes
     step("objects")
     reg.delete_versions([(v.key, v.version_id) for v in plan.versions])
     freed += plan.bytes_freed
@@ -164,11 +191,13 @@ def prune(folder: FolderConfig, catalog: Catalog, state_dir: Path, *, dry_run: b
 
     with package_lock(state_dir, folder.package, on_wait=waiting):
         journal = _journal(state_dir, folder.package)
-        finishing: list[str] = []
+        finishing: list[tuple[str, str]] = []
         if journal.exists():
             try:
-                finishing = list(json.loads(journal.read_text()).get("manifests", []))
-            except (OSError, ValueError):
+                recorded = json.loads(journal.read_text())
+                if recorded.get("registry") == catalog.registry.identity:  # another registry: not ours to finish
+                    finishing = [(str(k), str(v)) for k, v in recorded.get("manifest_versions", [])]
+            except (OSError, ValueError, TypeError):
                 finishing = []
             log.info("prune.resuming", manifests=len(finishing), detail="finishing an interrupted prune")
         plan = plan_prune(folder, catalog, now(), finishing)

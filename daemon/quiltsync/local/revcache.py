@@ -99,8 +99,8 @@ class RevisionCache:
         """The manifest as last read; with ``etag``, only if it is still that object."""
         rows = self._read("SELECT sha256, data, etag FROM manifest WHERE identity = ? AND top_hash = ?",
                           (identity, top_hash))
-        if not rows or (etag is not None and rows[0][2] != etag):
-            return None
+        if not rows or (etag is not None and (not etag or rows[0][2] != etag)):
+            return None  # an empty ETag (a store that sends none) proves nothing
         row = rows[0]
         try:
             data = zlib.decompress(row[1])

@@ -218,6 +218,14 @@ class Registry:
                                  "was deleted, or the top_hash is not of this registry")
         return got
 
+    def manifest_version(self, top_hash: str, version_id: str) -> bytes:
+        """One object version of a manifest (a rewrite of the same top_hash keeps the
+        older versions, which older readers' physical keys came from)."""
+        key = f".quilt/packages/{top_hash}"
+        with mapped_errors(f"reading manifest s3://{self.bucket}/{key} version {version_id}"):
+            resp = self.s3.get_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+            return bytes(resp["Body"].read())
+
     def parse_revision(self, top_hash: str, data: bytes) -> Revision:
         """A manifest's bytes as a revision of this registry, checked against its top_hash."""
         try:
@@ -315,6 +323,8 @@ class Registry:
             except bce.ClientError as e:
                 code = str(e.response.get("Error", {}).get("Code", ""))
                 status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code == "NoSuchBucket":
+                    raise PermanentError(f"checking {pk}: the bucket s3://{u.netloc} does not exist") from e
                 if code in ("404", "NoSuchKey", "NoSuchVersion", "405", "MethodNotAllowed") or status in (404, 405):
                     gone.append(pk)
                 else:

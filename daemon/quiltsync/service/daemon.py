@@ -131,7 +131,8 @@ class Daemon:
                       folders=len(self.config.folder))
         self.metrics = self.pushes.metrics = start_metrics(self.config.daemon.metrics_address, self.log)
         self.monitor = HealthMonitor(self.index, self.log, self.metrics)
-        self.pruner = Pruner(self.config.daemon.state_dir, self.log)
+        self.pruner = Pruner(self.config.daemon.state_dir, self.log,
+                             lambda pkg: st.config if (st := self.folders.get(pkg)) is not None else None)
         for f in self.config.folder:
             self._add_folder(f)
         now = self.clock()

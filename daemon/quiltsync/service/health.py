@@ -144,7 +144,7 @@ def _sampled(folder: FolderConfig, latest: Revision, slot: int) -> CheckResult:
     anyone needs it. Each version of a revision is checked within
     ceil(entries / 32) runs."""
     from quiltsync.engine.catalog import Catalog
-    from quiltsync.remote.registry import Registry
+    from quiltsync.remote.registry import Registry, version_id_of
 
     reg = Registry(folder.registry)
     revisions = [latest]
@@ -158,7 +158,7 @@ def _sampled(folder: FolderConfig, latest: Revision, slot: int) -> CheckResult:
     checked, gone = 0, []
     try:
         for rev in revisions:
-            keys = sorted(rev.entries)
+            keys = sorted(lk for lk, e in rev.entries.items() if version_id_of(e.physical_key) not in (None, "null"))
             start = (slot * _SAMPLE) % len(keys) if keys else 0
             part = [keys[(start + i) % len(keys)] for i in range(min(_SAMPLE, len(keys)))]
             missing = set(reg.missing_versions([rev.entries[lk].physical_key for lk in part]))
@@ -192,7 +192,9 @@ def check_lifecycle(bucket: str, folders: list[FolderConfig]) -> CheckResult:
     for rule in rules:
         if rule.get("Status") != "Enabled":
             continue
-        what = [a for a in ("NoncurrentVersionExpiration", "Expiration") if rule.get(a)]
+        expiration = {k: v for k, v in (rule.get("Expiration") or {}).items() if k != "ExpiredObjectDeleteMarker"}
+        what = [a for a, on in (("NoncurrentVersionExpiration", rule.get("NoncurrentVersionExpiration")),
+                                ("Expiration", expiration)) if on]
         if not what:
             continue
         flt = rule.get("Filter") or {}
