@@ -3,14 +3,17 @@ dummy credentials for the local S3, and quilt3's import-time environment."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TMP = Path(tempfile.mkdtemp(prefix="quiltsync-bench-"))
+atexit.register(shutil.rmtree, TMP, ignore_errors=True)  # the benchmarks leave no temp dir behind
 os.environ.update(XDG_CACHE_HOME=str(TMP / "cache"), XDG_DATA_HOME=str(TMP / "data"),
                   AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
 for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
