@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,36 +122,33 @@ class Catalog:
         """One object version of a manifest (immutable: cached by its versionId, not kept
         in memory: prune walks every manifest of a bucket)."""
         name = f"{top_hash}@{version_id}"
-        data = self.cache.manifest(self.identity, name, "immutable")
-        if data is not None:
-            try:
-                return self.registry.parse_revision(top_hash, data)
-            except PermanentError:
-                pass
-        data = self.registry.manifest_version(top_hash, version_id)
-        rev = self.registry.parse_revision(top_hash, data)
-        self.cache.put_manifest(self.identity, name, data, "immutable")
+        return self._cached(top_hash, self.cache.manifest(self.identity, name, "immutable")) or \
+            self._read(top_hash, name, lambda: (self.registry.manifest_version(top_hash, version_id), "immutable"))
+
+    def revision(self, top_hash: str, *, fresh: bool = False) -> Revision:
+        """A revision, from the cache when it holds it; ``fresh``: read from S3 (its
+        physical keys matter: the same top_hash pushed again names other object versions)."""
+        rev = None if fresh else self._parsed.get(top_hash) or \
+            self._cached(top_hash, self.cache.manifest(self.identity, top_hash))
+        if rev is None:
+            rev = self._read(top_hash, top_hash, lambda: self.registry.manifest_object(top_hash))
+        self._parsed[top_hash] = rev
         return rev
 
-    def revision(self, top_hash: str, *, etag: str | None = None, fresh: bool = False) -> Revision:
-        """A revision, from the cache when it holds it (and, with ``etag``, the same
-        object as a LIST just saw); ``fresh``: read from S3 (its physical keys matter:
-        the same top_hash pushed again names other object versions)."""
-        rev = None if fresh else self._parsed.get(top_hash)
-        if rev is not None and etag is None:
-            return rev
-        data = None if fresh else self.cache.manifest(self.identity, top_hash, etag)
-        rev = None
-        if data is not None:
-            try:
-                rev = self.registry.parse_revision(top_hash, data)
-            except PermanentError:
-                rev = None
-        if rev is None:
-            data, got_etag = self.registry.manifest_object(top_hash)
-            rev = self.registry.parse_revision(top_hash, data)  # verified before it is kept
-            self.cache.put_manifest(self.identity, top_hash, data, got_etag)
-        self._parsed[top_hash] = rev
+    def _cached(self, top_hash: str, data: bytes | None) -> Revision | None:
+        """Cached manifest bytes as a revision (None: none, or they do not verify)."""
+        if data is None:
+            return None
+        try:
+            return self.registry.parse_revision(top_hash, data)
+        except PermanentError:
+            return None
+
+    def _read(self, top_hash: str, name: str, read: Callable[[], tuple[bytes, str]]) -> Revision:
+        """Read from S3, verify, then keep in the cache under ``name``."""
+        data, etag = read()
+        rev = self.registry.parse_revision(top_hash, data)
+        self.cache.put_manifest(self.identity, name, data, etag)
         return rev
 
     # -- naming a revision ------------------------------------------------------------------
