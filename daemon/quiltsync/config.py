@@ -129,6 +129,10 @@ class FolderConfig(_Strict):
     metadata: dict[str, Any] | None = None
     # None: nothing is ever pruned
     retention: RetentionConfig | None = None
+    # auto: inotify on local filesystems, a stat-only poll on network and FUSE ones
+    watch: Literal["auto", "events", "poll"] = "auto"
+    # at least twice FUSE's 1 s attribute cache: two polls must never see one cached stat
+    poll_seconds: Annotated[float, Field(ge=2)] = 30.0
 
     @field_validator("message")
     @classmethod

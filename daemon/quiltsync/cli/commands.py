@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -73,8 +74,12 @@ def push(ctx: Context, only: str | None, *, allow_deletes: bool = False) -> int:
     return 1 if failed else 0
 
 
+STATUS_SCAN_SECONDS = 15.0  # a folder on a share that does not answer: status says so and goes on
+
+
 def status(ctx: Context, *, as_json: bool) -> int:
     from quiltsync.core.planner import pending_changes
+    from quiltsync.local.fstype import answered
     from quiltsync.local.scanner import RootUnavailable, make_ignore_spec, scan_folder
 
     index = ctx.index()
@@ -85,13 +90,20 @@ def status(ctx: Context, *, as_json: bool) -> int:
         rev = index.last_push(f.package)
         snap_index = index.files(f.package)
         try:
-            scan = scan_folder(f.path, make_ignore_spec(f.ignore))
-            pending: int | None = pending_changes(scan.files, snap_index)
-            files: int | None = len(scan.files)
-            problem = None
+            scan = answered(partial(scan_folder, f.path, make_ignore_spec(f.ignore)), STATUS_SCAN_SECONDS)
+            pending: int | None = pending_changes(scan.files, snap_index) if scan is not None else None
+            files: int | None = len(scan.files) if scan is not None else None
+            problem = None if scan is not None else (
+                f"folder does not answer: a scan of {f.path} took over {STATUS_SCAN_SECONDS:.0f} s")
         except RootUnavailable as e:
             pending, files, problem = None, None, f"folder unavailable: {e}"
         mine = [h for h in recorded if h[1] in (f.package, f"s3://{f.bucket}", str(f.path))]
+        watch = next((d for c, t, _s, d, _at in mine if c == "watches" and t == f.package), None)
+        if watch is None:
+            from quiltsync.local.fstype import layout
+
+            lay = layout(f.path, f.watch)
+            watch = lay.describe(f.poll_seconds if lay.polled else None) + " (as configured; no daemon report)"
         bad = [f"{c}: {d}" for c, _t, s_, d, _at in mine if s_ == "fail"]
         held = holds.get(f.package)
         if problem is not None:
@@ -108,7 +120,7 @@ def status(ctx: Context, *, as_json: bool) -> int:
             "package": f.package, "registry": f.registry, "path": str(f.path),
             "last_top_hash": rev.top_hash if rev else None,
             "last_push": _iso(rev.pushed_at) if rev and rev.pushed_at else None,
-            "pending": pending, "files": files, "health": health,
+            "pending": pending, "files": files, "health": health, "watch": watch,
             "held": held[0] if held else None,
         })
     if as_json:
@@ -120,8 +132,10 @@ def status(ctx: Context, *, as_json: bool) -> int:
         ctx.emit(f"  last push:     {r['last_push'] or '-'}")
         ctx.emit(f"  pending:       {r['pending'] if r['pending'] is not None else '-'} changes "
                  f"({r['files'] if r['files'] is not None else '-'} files in the folder)")
+        ctx.emit(f"  watch:         {r['watch']}")
         ctx.emit(f"  health:        {r['health']}")
     return 0
+
 
 
 def check(ctx: Context) -> int:

@@ -180,9 +180,11 @@ class Scheduler:
 
     # -- changes ------------------------------------------------------------------------
     def note(self, package: str, now: float, path: str | None = None, *,
-             urgent: bool = False) -> None:
+             urgent: bool = False, since: float | None = None) -> None:
         """A change under ``package``; ``path=None`` asks for a full rescan.
 
+        ``since``: the change was first seen then (a poll that held a file back
+        while it was still being written): ``max_delay`` counts from there.
         Unknown packages are ignored. The first change noted on a held folder
         wakes it: the full rescan it owes is debounced from now on.
         """
@@ -192,6 +194,8 @@ class Scheduler:
         if folder.asleep:
             self._wake(folder, now)
         self._record(folder, now, path, urgent=urgent)
+        if since is not None and folder.batch is not None:
+            folder.batch.first = min(folder.batch.first, since)
 
     def _wake(self, folder: _Folder, now: float) -> None:
         folder.woken = True

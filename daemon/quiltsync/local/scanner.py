@@ -122,9 +122,13 @@ def scan_folder(
     *,
     scandir: Callable[[str], Iterator[os.DirEntry[str]]] = os.scandir,
     stat: Callable[[str], os.stat_result] = os.stat,
+    under: str = "",
 ) -> Scan:
-    result = Scan(root=root, root_dev=_root_stat(root, stat).st_dev)
-    _walk(result, [(str(root), "")], os.path.realpath(root), ignore, scandir, stat, root_level=True)
+    """Every file of the folder, or only those ``under`` a directory of it (a polled mount)."""
+    top = os.path.join(root, under) if under else str(root)
+    result = Scan(root=root, root_dev=_root_stat(Path(top), stat).st_dev)
+    _walk(result, [(top, under + "/" if under else "")], os.path.realpath(root), ignore, scandir, stat,
+          root_level=True)
     return result
 
 

@@ -38,6 +38,7 @@ from quiltsync.remote import settings as s3settings
 from quiltsync.service.health import CheckResult
 from quiltsync.service.monitor import HealthMonitor, start_metrics
 from quiltsync.service.notify import Notifier
+from quiltsync.service.polls import PollDone, Polls
 from quiltsync.service.pruner import CHECK_SECONDS as PRUNE_CHECK_SECONDS
 from quiltsync.service.pruner import Pruner
 from quiltsync.service.pushes import Pushes
@@ -67,7 +68,7 @@ class _Folder:
 
 @dataclass(slots=True)
 class _Msg:
-    kind: str  # change | overflow | signal | done | health
+    kind: str  # change | overflow | poll | signal | done | health
     package: str | None = None
     path: str | None = None
     value: Any = None
@@ -100,6 +101,7 @@ class Daemon:
         self._next_hold_poll = 0.0
         self._next_prune = 0.0
         self._watcher: Any = None
+        self.polls: Polls | None = None
         self.roots = Roots(None, self.log)
         self.monitor: HealthMonitor | None = None
         self.pruner: Pruner | None = None
@@ -126,7 +128,8 @@ class Daemon:
 
             self._watcher = Watcher(self._on_change, self._on_overflow)
             self._watcher.start()
-            self.roots = Roots(self._watcher, self.log)
+            self.polls = Polls(lambda done: self.inbox.put(_Msg("poll", done.package, value=done)), self.clock)
+            self.roots = Roots(self._watcher, self.log, self.polls, self._note_health, self._pushed_files)
         self.log.info("daemon.started", pid=os.getpid(), config=str(self.config_path),
                       folders=len(self.config.folder))
         self.metrics = self.pushes.metrics = start_metrics(self.config.daemon.metrics_address, self.log)
@@ -191,7 +194,7 @@ class Daemon:
         if now >= self._next_root_check:
             self._next_root_check = now + ROOT_CHECK_SECONDS
             self.roots.check({p: st.root for p, st in self.folders.items()},
-                             lambda pkg: self.schedule.note(pkg, now, None, urgent=True))
+                             lambda pkg: self.schedule.note(pkg, now, None, urgent=True), now)
         if now >= self._next_hold_poll:
             self._next_hold_poll = now + HOLD_POLL_SECONDS
             self._poll_holds(now)
@@ -229,6 +232,8 @@ class Daemon:
                 self.log.warning("watch.overflow", package=pkg,
                                  detail="kernel event queue overflowed; events lost, rescanning")
                 self.schedule.note(pkg, now, None, urgent=True)
+        elif msg.kind == "poll":
+            self._polled(msg.value, now)
         elif msg.kind == "done":
             self._push_done(msg.package or "", now)
         elif msg.kind == "health":
@@ -257,6 +262,22 @@ class Daemon:
             self.metrics.forget(package)
         self.schedule.remove(package)
         self.roots.unwatch(package)
+
+    def _polled(self, done: PollDone, now: float) -> None:
+        """A poll of a folder's network or FUSE part ended: its changes go to the scheduler."""
+        st = self.folders.get(done.package)
+        if st is None or self.polls is None or self.polls.current(done.package) is not done.source:
+            return  # the folder was removed or re-watched since that poll began
+
+        def note(path: str | None, since: float | None) -> None:
+            # a polled change stood still for a whole poll: it has settled, push it now
+            self.schedule.note(done.package, now, path, urgent=path is not None, since=since)
+
+        self.roots.polled(st.root, done, note)
+
+    def _pushed_files(self, package: str) -> dict[str, Any]:
+        assert self.index is not None
+        return {k: r.stat for k, r in self.index.files(package).items()}
 
     def _poll_holds(self, now: float) -> None:
         """An operator releases a hold from another process (`push --allow-deletes`)."""
@@ -290,6 +311,10 @@ class Daemon:
         self.notifier.status(self._status_line())
 
     # -- metrics and health (service/monitor.py) ------------------------------------------
+    def _note_health(self, result: CheckResult) -> None:
+        if self.monitor is not None:
+            self.monitor.note(result)
+
     def _update_gauges(self) -> None:
         if self.metrics is None:
             return
@@ -305,7 +330,8 @@ class Daemon:
 
         assert self.monitor is not None
         count = installed_watches if self._watcher is not None else None
-        self.monitor.start(self.config, count, lambda f: self.inbox.put(_Msg("health", value=f)))
+        layouts = {p: st.root.layout for p, st in self.folders.items() if st.root.layout is not None}
+        self.monitor.start(self.config, count, lambda f: self.inbox.put(_Msg("health", value=f)), layouts)
 
     def _health_done(self, fut: Future[Any], now: float) -> None:
         assert self.monitor is not None
@@ -369,6 +395,8 @@ class Daemon:
         self.log.info("daemon.stopping", pending=pending, drain_seconds=DRAIN_SECONDS)
         if self._watcher is not None:
             self._watcher.stop()
+        if self.polls is not None:
+            self.polls.shutdown()
         deadline = self.clock() + DRAIN_SECONDS
         for _start, fut, _st in list(self.pushes.running.values()):  # finish the pushes in flight
             try:

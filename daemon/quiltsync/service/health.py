@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from quiltsync.config import Config, FolderConfig
 from quiltsync.core.manifest import revision_meta
 from quiltsync.core.message import MessageValues, render
 from quiltsync.core.types import Revision
+from quiltsync.core.watchmode import Layout, is_remote
 from quiltsync.errors import QuiltsyncError, WorkflowRefused
 
 
@@ -37,8 +38,10 @@ class CheckResult:
         return self.status == "ok"
 
 
-def run_all(config: Config, *, installed_watches: Callable[[], int] | None = None) -> list[CheckResult]:
-    """Every check; ``installed_watches`` counts the daemon's inotify watches (None: not a daemon)."""
+def run_all(config: Config, *, installed_watches: Callable[[], int] | None = None,
+            layouts: Mapping[str, Layout] | None = None) -> list[CheckResult]:
+    """Every check; ``installed_watches`` counts the daemon's inotify watches and ``layouts``
+    says how it watches each folder (both None: not a daemon)."""
     out: list[CheckResult] = []
     reachable = set()
     for bucket, folders in _by_bucket(config.folder).items():
@@ -55,7 +58,7 @@ def run_all(config: Config, *, installed_watches: Callable[[], int] | None = Non
                 out.append(check_workflow(f, workflows, latest))
     out.append(check_credentials())
     out.append(check_cache(config))
-    out.extend(check_watches(config.folder, installed_watches))
+    out.extend(check_watches(config.folder, installed_watches, layouts=layouts))
     return out
 
 
@@ -285,22 +288,44 @@ def check_cache(config: Config) -> CheckResult:
 
 
 def check_watches(folders: Iterable[FolderConfig], count_installed: Callable[[], int] | None = None,
-                  settle_s: float = 2.0) -> list[CheckResult]:
+                  settle_s: float = 2.0, layouts: Mapping[str, Layout] | None = None) -> list[CheckResult]:
+    """How each folder is watched, and whether inotify covers the parts it should.
+
+    ``layouts`` come from the daemon, which reports each folder's row itself
+    (polls answer or not as they run); without them (``quiltsync check``) the
+    layouts are detected here and each folder gets its row. Polled parts are
+    never walked here: a share that does not answer must not stall the checks.
+    """
     folders = list(folders)
-    out = []
+    out: list[CheckResult] = []
+    if layouts is None:
+        from quiltsync.local.fstype import layout
+
+        layouts = {f.package: layout(f.path, f.watch) for f in folders}
+        out.extend(_watch_row(f, layouts[f.package]) for f in folders)
+    evented = [f for f in folders if (lay := layouts.get(f.package)) is None or lay.events]
     limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
-    readable = [f for f in folders if f.path.is_dir() and os.access(f.path, os.R_OK | os.X_OK)]
-    for f in folders:
+    readable = [f for f in evented if f.path.is_dir() and os.access(f.path, os.R_OK | os.X_OK)]
+    for f in evented:
         if f not in readable:
             out.append(CheckResult("watches", str(f.path), "fail",
                                    f"folder {f.path} is missing or unreadable by this user"))
-    needed = sum(sum(1 for _ in _dirs(f.path)) for f in readable)
+
+    def count() -> int:
+        total = 0
+        for f in readable:
+            lay = layouts.get(f.package)
+            skip = {os.path.join(f.path, p.rel) for p in lay.polled} if lay is not None else set()
+            total += sum(1 for _ in _dirs(f.path, skip))
+        return total
+
+    needed = count()
     installed = count_installed() if count_installed is not None else None
     if installed is not None and 0 <= installed < needed:
         # Directories created a moment ago are still being added by the observer:
         # only a gap that stays is a problem.
         time.sleep(settle_s)
-        needed = sum(sum(1 for _ in _dirs(f.path)) for f in readable)
+        needed = count()
         installed = count_installed()  # type: ignore[misc]
     if installed is not None and installed < 0:
         installed = None
@@ -321,14 +346,23 @@ def check_watches(folders: Iterable[FolderConfig], count_installed: Callable[[],
     return out
 
 
-def _dirs(root: Path) -> Iterable[str]:
+def _watch_row(f: FolderConfig, lay: Layout) -> CheckResult:
+    detail = lay.describe(f.poll_seconds if lay.polled else None)
+    if f.watch == "events" and is_remote(lay.root.fstype):
+        return CheckResult("watches", f.package, "warn",
+                           f"{detail}: changes made by other hosts or behind the mount send no events and are "
+                           "seen only at the hourly rescan; set watch = \"auto\" or \"poll\"")
+    return CheckResult("watches", f.package, "ok", detail)
+
+
+def _dirs(root: Path, skip: set[str] | None = None) -> Iterable[str]:
     stack = [str(root)]
     while stack:
         d = stack.pop()
         yield d
         try:
             with os.scandir(d) as it:
-                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False) and e.path not in (skip or ()))
         except OSError:
             continue
 

@@ -10,11 +10,12 @@ are on. ``start_metrics`` opens the opt-in metrics endpoint.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from quiltsync.config import Config
+from quiltsync.core.watchmode import Layout
 from quiltsync.local.index import Index
 from quiltsync.service.health import CheckResult, run_all
 
@@ -29,12 +30,17 @@ class HealthMonitor:
         self._running = False
 
     def start(self, config: Config, installed_watches: Callable[[], int] | None,
-              on_done: Callable[[Future[list[CheckResult]]], None]) -> None:
-        """Run every check on the health thread; ``on_done`` gets the future (from that thread)."""
+              on_done: Callable[[Future[list[CheckResult]]], None],
+              layouts: Mapping[str, Layout] | None = None) -> None:
+        """Run every check on the health thread; ``on_done`` gets the future (from that thread).
+
+        ``layouts``: how the daemon watches each folder; the watches check then
+        leaves the folders' own rows to the daemon and never walks a polled part.
+        """
         if self._running:
             return
         self._running = True
-        fut = self._pool.submit(lambda: run_all(config, installed_watches=installed_watches))
+        fut = self._pool.submit(lambda: run_all(config, installed_watches=installed_watches, layouts=layouts))
         fut.add_done_callback(on_done)
 
     def done(self, fut: Future[list[CheckResult]], extra: Iterable[CheckResult]) -> None:
