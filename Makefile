@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/daemon.py latency
 	$(BIN)/python bench/daemon.py storm
 	$(BIN)/python bench/daemon.py idle
+	$(BIN)/python bench/polling.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info daemon/*.egg-info

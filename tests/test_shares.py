@@ -192,6 +192,8 @@ def test_a_hung_share_stops_neither_other_folders_nor_the_watchdog_pings(setup: 
         health = json.loads(setup.cli("status", "--json").stdout)["folders"]
         share = next(f for f in health if f["package"] == setup.package)
         assert "does not answer" in share["health"], share
+        check = setup.cli("check")
+        assert check.returncode == 1 and f"fail  watches          {setup.package}: folder" in check.stdout, check.stdout
         fuse.resume()
         d.wait_for(lambda e: e.get("event") == "watch.recovered" and e.get("package") == setup.package,
                    timeout=30, after=mark)
@@ -225,3 +227,24 @@ def test_a_fuse_mount_inside_a_local_folder_is_polled_and_the_rest_gets_events(s
         d.stop()
         inner.close()
 
+
+
+def test_a_reload_from_events_to_auto_starts_polling_the_share(setup: Setup, fuse: FuseMount) -> None:
+    _on_share(setup, fuse, 'watch = "events"\n')
+    d = DaemonProcess(setup.config_path)
+    try:
+        started = d.wait_for(lambda e: e.get("event") == "watch.started", timeout=30)
+        assert [p["watch"] for p in started["parts"]] == ["events"]
+        d.wait_for(lambda e: e.get("event") == "rescan.completed", timeout=60)
+        _on_share(setup, fuse)
+        mark = d.event_count()
+        d.signal(signal.SIGHUP)
+        again = d.wait_for(lambda e: e.get("event") == "watch.started", timeout=30, after=mark)
+        assert [p["watch"] for p in again["parts"]] == ["poll"]
+        d.wait_for(lambda e: e.get("event") == "rescan.completed", timeout=60, after=mark)
+        mark = d.event_count()
+        (fuse.src / "after-reload.csv").write_text("seen by the new poll\n")
+        e = _pushed(d, mark)
+        assert manifest_files(setup, e["top_hash"]) == {"after-reload.csv": b"seen by the new poll\n"}
+    finally:
+        d.stop()

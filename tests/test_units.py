@@ -191,8 +191,8 @@ def test_the_watches_check_tolerates_directories_being_added_but_not_a_lasting_g
     (tmp_path / "a" / "b").mkdir(parents=True)
     folder = FolderConfig(path=tmp_path, package="t/w", registry="s3://bucket-w")
     counts = iter([1, 3])
-    caught_up = check_watches([folder], lambda: next(counts), settle_s=0)
-    stays_low = check_watches([folder], lambda: 1, settle_s=0)
+    caught_up = check_watches([folder], lambda: next(counts), settle_s=0, layouts={})
+    stays_low = check_watches([folder], lambda: 1, settle_s=0, layouts={})
     assert [r.status for r in caught_up] == ["ok"]
     assert [r.status for r in stays_low] == ["fail"] and "not watched" in stays_low[0].detail
 

@@ -199,7 +199,6 @@ class Observation:
     """What one poll found."""
 
     ready: dict[str, float] = field(default_factory=dict)  # path -> when its change was first seen
-    waiting: int = 0  # changed files that have not stood still for a poll yet
     full: bool = False  # no baseline: reconcile the whole part once
 
 
@@ -236,7 +235,7 @@ class PollTracker:
             since = self._waiting.setdefault(path, now)
             if now - since >= self.max_delay:
                 ready[path] = self._waiting.pop(path)
-        return Observation(ready, len(self._waiting))
+        return Observation(ready)
 
     @property
     def waiting(self) -> list[str]:

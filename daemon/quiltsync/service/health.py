@@ -22,7 +22,7 @@ from quiltsync.config import Config, FolderConfig
 from quiltsync.core.manifest import revision_meta
 from quiltsync.core.message import MessageValues, render
 from quiltsync.core.types import Revision
-from quiltsync.core.watchmode import Layout, is_remote
+from quiltsync.core.watchmode import NOT_ANSWERING, Layout, is_remote
 from quiltsync.errors import QuiltsyncError, WorkflowRefused
 
 
@@ -348,6 +348,9 @@ def check_watches(folders: Iterable[FolderConfig], count_installed: Callable[[],
 
 def _watch_row(f: FolderConfig, lay: Layout) -> CheckResult:
     detail = lay.describe(f.poll_seconds if lay.polled else None)
+    if lay.root.fstype == NOT_ANSWERING:
+        return CheckResult("watches", f.package, "fail",
+                           f"folder {f.path} does not answer (a hung NFS/SMB server or a stopped FUSE process?)")
     if f.watch == "events" and is_remote(lay.root.fstype):
         return CheckResult("watches", f.package, "warn",
                            f"{detail}: changes made by other hosts or behind the mount send no events and are "

@@ -38,7 +38,6 @@ class PollDone:
     error: str | None  # why the scan failed
     ready: dict[str, float]  # paths to push -> when their change was first seen (monotonic)
     full: bool  # reconcile the whole folder (the first poll)
-    waiting: int  # changed files that have not stood still for a poll yet
     cpu_seconds: float
     interval: float  # the effective interval until the next poll
 
@@ -102,8 +101,7 @@ class _Poll:
 
     def _done(self, cpu0: float, error: str | None, ready: dict[str, float], full: bool) -> PollDone:
         cpu = time.thread_time() - cpu0
-        return PollDone(self.package, self, error, ready, full, len(self.tracker.waiting), cpu,
-                        effective_interval(self.poll_seconds, cpu))
+        return PollDone(self.package, self, error, ready, full, cpu, effective_interval(self.poll_seconds, cpu))
 
 
 class Polls:

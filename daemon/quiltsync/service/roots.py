@@ -65,6 +65,7 @@ class Roots:
         from quiltsync.local.watcher import installed_watches
 
         lay = layout(f.path, f.watch)
+        self.unwatch(f.package)  # a reload may move a folder from events to polling or back
         before = installed_watches()
         if lay.events:
             try:
