@@ -22,7 +22,7 @@ test: lint
 	$(BIN)/python -m pytest -q tests
 
 FAST_TESTS := tests/test_schedule.py tests/test_message.py tests/test_diff.py tests/test_retention.py tests/test_daemon_core.py tests/test_state.py tests/test_layers.py \
-	tests/test_units.py tests/test_config.py tests/test_fuzz.py tests/test_watchmode.py
+	tests/test_units.py tests/test_config.py tests/test_fuzz.py tests/test_watchmode.py tests/test_polls.py
 
 # The inner loop: lint, types, and the pure and in-process tests (no S3 server, no
 # daemon process); under a minute.

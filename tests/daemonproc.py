@@ -23,6 +23,7 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind("\0" + self.name[1:])
         self.messages: list[str] = []
+        self.stamps: list[float] = []  # monotonic arrival time of each message
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.sock.settimeout(0.2)
@@ -37,6 +38,12 @@ class NotifySocket:
                 continue
             with self._lock:
                 self.messages.append(data.decode())
+                self.stamps.append(time.monotonic())
+
+    def arrivals(self, prefix: str) -> list[float]:
+        """When each message starting with ``prefix`` arrived (monotonic)."""
+        with self._lock:
+            return [t for t, m in zip(self.stamps, self.messages, strict=True) if m.startswith(prefix)]
 
     def snapshot(self) -> list[str]:
         with self._lock:

@@ -167,36 +167,47 @@ def test_a_file_that_grows_across_polls_is_pushed_once_and_whole(setup: Setup, f
 
 def test_a_hung_share_stops_neither_other_folders_nor_the_watchdog_pings(setup: Setup, fuse: FuseMount,
                                                                           tmp_path: Path) -> None:
+    """A stopped FUSE process: every call into the mount blocks. Rescans every 3 s ask for pushes
+    of the hung folder too; those wait (blocked), the local folder pushes, the pings keep coming."""
     local = tmp_path / "local"
     local.mkdir()
     write_config(setup.config_path, fuse.mnt, setup.package, setup.registry, setup.endpoint, setup.state_dir,
                  POLL + f'[[folder]]\npath = {json.dumps(str(local))}\npackage = "team/local"\n'
                  f'registry = "{setup.registry}"\nsettle_seconds = 0.5\n')
+    text = setup.config_path.read_text().replace('log_format = "json"\n',
+                                                 'log_format = "json"\nrescan_interval_seconds = 3\n', 1)
+    setup.config_path.write_text(text)
     sock = NotifySocket()
-    d = DaemonProcess(setup.config_path, env={"WATCHDOG_USEC": "1000000"}, notify=sock)
+    d = DaemonProcess(setup.config_path, env={"WATCHDOG_USEC": "2000000"}, notify=sock)
     try:
         d.wait_for(lambda e: e.get("event") == "rescan.completed" and e.get("package") == "team/local", timeout=60)
         d.wait_for(lambda e: e.get("event") == "rescan.completed" and e.get("package") == setup.package, timeout=60)
-        fuse.stop()  # the FUSE process stops answering: every call into the mount blocks
+        fuse.stop()  # the FUSE process stops answering
+        hung_at = time.monotonic()
         failed = d.wait_for(lambda e: e.get("event") == "watch.failed" and e.get("package") == setup.package,
                             timeout=40)
         assert "does not answer" in failed["detail"]
-        pings = len([m for m in sock.snapshot() if m.startswith("WATCHDOG=1")])
-        mark = d.event_count()
-        (local / "notes.txt").write_text("still pushing\n")
-        e = d.wait_for(lambda e: e.get("event") == "push.completed" and e.get("package") == "team/local",
-                       timeout=30, after=mark)
-        assert e["added"] == 1
-        sock.wait_for(lambda m: m.startswith("WATCHDOG=1"), after=len(sock.snapshot()))
-        assert len([m for m in sock.snapshot() if m.startswith("WATCHDOG=1")]) > pings
+        for i in range(3):  # pushes of the other folder, across several rescans of the hung one
+            mark = d.event_count()
+            (local / f"notes-{i}.txt").write_text("still pushing\n")
+            e = d.wait_for(lambda e: e.get("event") == "push.completed" and e.get("package") == "team/local",
+                           timeout=30, after=mark)
+            assert e["added"] == 1
+        pings = [t for t in sock.arrivals("WATCHDOG=1") if t > hung_at]
+        gaps = [b - a for a, b in zip([hung_at, *pings], pings, strict=False)]
+        assert len(pings) >= 5 and max(gaps) < 2.0, gaps  # systemd would kill after WATCHDOG_USEC (2 s)
         health = json.loads(setup.cli("status", "--json").stdout)["folders"]
         share = next(f for f in health if f["package"] == setup.package)
         assert "does not answer" in share["health"], share
         check = setup.cli("check")
         assert check.returncode == 1 and f"fail  watches          {setup.package}: folder" in check.stdout, check.stdout
+        mark = d.event_count()
+        (fuse.src / "while-hung.csv").write_text("written while the mount did not answer\n")
         fuse.resume()
         d.wait_for(lambda e: e.get("event") == "watch.recovered" and e.get("package") == setup.package,
                    timeout=30, after=mark)
+        e = _pushed(d, mark)
+        assert e["package"] == setup.package and e["added"] == 1
     finally:
         fuse.resume()
         d.stop()

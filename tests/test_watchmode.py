@@ -122,11 +122,13 @@ class PollMachine(RuleBasedStateMachine):
     def poll(self, dt: float) -> None:
         self.now += dt
         snapshot = dict(self.files)
-        obs = self.tracker.observe(self.now, snapshot)
-        assert not obs.full
-        for path, since in obs.ready.items():
-            overdue = self.now - since >= MAX_DELAY
-            assert overdue or snapshot.get(path) == self.last_seen.get(path), path
+        obs = self.tracker.observe(self.now, snapshot, interval=dt)
+        assert not obs.full and not (obs.settled & set(obs.overdue))
+        for path in obs.settled:  # stood still since the poll before
+            assert snapshot.get(path) == self.last_seen.get(path), path
+            self.handed[path] = snapshot.get(path)
+        for path, since in obs.overdue.items():  # waited the bound, and at least two intervals
+            assert self.now - since >= max(MAX_DELAY, 2 * dt), path
             self.handed[path] = snapshot.get(path)
         self.last_seen = snapshot
 
@@ -141,7 +143,7 @@ class PollMachine(RuleBasedStateMachine):
     def two_quiet_polls(self) -> None:
         self.poll(5.0)
         self.poll(5.0)
-        assert self.tracker.waiting == []
+        assert not self.tracker.waiting
 
 
 TestPollMachine = PollMachine.TestCase
@@ -151,11 +153,22 @@ TestPollMachine.settings = settings(max_examples=200, stateful_step_count=30, de
 def test_the_first_poll_without_a_baseline_asks_for_a_full_reconcile() -> None:
     t = PollTracker(MAX_DELAY)
     assert t.observe(0.0, {"a": FileStat(1, 1, 1)}).full
-    assert t.observe(2.0, {"a": FileStat(1, 1, 1)}).ready == {}
+    obs = t.observe(2.0, {"a": FileStat(1, 1, 1)})
+    assert not obs.settled and not obs.overdue
 
 
 def test_a_file_written_continuously_is_handed_out_after_max_delay() -> None:
     t = PollTracker(10.0, baseline={})
     for i in range(1, 5):
-        obs = t.observe(i * 4.0, {"f": FileStat(i, i, 1)})
-    assert obs.ready == {"f": 4.0}  # first seen changing at 4 s, 12 s later: overdue
+        obs = t.observe(i * 4.0, {"f": FileStat(i, i, 1)}, interval=4.0)
+    assert obs.overdue == {"f": 4.0} and not obs.settled  # first seen changing at 4 s, 12 s later: overdue
+
+
+def test_a_max_delay_at_or_below_the_interval_still_waits_two_intervals() -> None:
+    """The defaults (max_delay 30 s, poll 30 s) must not push a growing file at its second sighting."""
+    t = PollTracker(30.0, baseline={})
+    t.observe(0.0, {"f": FileStat(1, 1, 1)}, interval=30.0)
+    obs = t.observe(30.5, {"f": FileStat(2, 2, 1)}, interval=30.0)
+    assert not obs.overdue and not obs.settled and t.waiting == {"f"}
+    obs = t.observe(61.0, {"f": FileStat(2, 2, 1)}, interval=30.0)
+    assert obs.settled == {"f"}

@@ -40,8 +40,10 @@ Generations
     refusal of a push started under an older generation says nothing about the
     new config: it only asks for an urgent full rescan.
 
-Pause
+Pause and block
     While paused (a reload waits for the pushes in flight), nothing is due.
+    While a folder is blocked (its share does not answer), nothing of it is due;
+    its changes gather, and are due as usual once the block is lifted.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ class _Folder:
     error: str | None = None  # the last failure's error
     reported: str | None = None  # the last failure's error that was reported
     retry_at: float | None = None  # backing off until then
+    blocked: str | None = None  # why nothing may start now (its share does not answer)
 
     @property
     def asleep(self) -> bool:
@@ -308,6 +311,13 @@ class Scheduler:
     def pause(self) -> None:
         self._paused = True
 
+    def block(self, package: str, reason: str | None) -> None:
+        """While ``reason`` is set, no push of the folder starts (changes still gather):
+        its filesystem does not answer, and a push would hang on it. None lifts it."""
+        folder = self._folders.get(package)
+        if folder is not None:
+            folder.blocked = reason
+
     def resume(self) -> None:
         self._paused = False
 
@@ -323,7 +333,7 @@ class Scheduler:
 
     def _due_at(self, package: str, folder: _Folder) -> float | None:
         batch = folder.batch
-        if batch is None or package in self._flying or folder.asleep:
+        if batch is None or package in self._flying or folder.asleep or folder.blocked is not None:
             return None
         timing = folder.timing
         at = batch.first if batch.urgent else min(batch.last + timing.settle,
@@ -367,6 +377,8 @@ class Scheduler:
             return None
         if folder.hold is not None:
             return f"held: {folder.hold}"
+        if folder.blocked is not None:
+            return f"blocked: {folder.blocked}"
         if folder.failures >= STUCK_FAILURES:
             return f"pushes failing {folder.failures} times in a row: {folder.error}"
         bound = 3 * max_delay + 60

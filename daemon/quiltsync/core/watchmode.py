@@ -30,7 +30,7 @@ REMOTE_TYPES: dict[str, str] = {
     "vmhgfs": "network", "prl_fs": "network", "ceph": "cluster", "lustre": "cluster", "gpfs": "cluster",
     "beegfs": "cluster", "fhgfs": "cluster", "glusterfs": "cluster", "ocfs2": "cluster", "gfs2": "cluster",
     "panfs": "cluster", "orangefs": "cluster", "pvfs2": "cluster", "fuse": "fuse", "fuseblk": "fuse",
-    "fusectl": "local",
+    "fusectl": "local", "autofs": "network",  # an automount point: what it mounts is usually a share
 }
 
 # statfs(2) f_type values (linux/magic.h and the filesystems' sources).
@@ -124,6 +124,7 @@ class Layout:
 
     mode: str
     parts: tuple[Part, ...]
+    path: str = ""  # the folder's root, symlinks resolved
 
     @property
     def root(self) -> Part:
@@ -172,7 +173,7 @@ def plan_layout(mode: str, root: str, root_type: str, mounts: Iterable[Mount]) -
     outermost one: a poll of a subtree covers the mounts below it).
     """
     if mode == "poll" or (mode == "auto" and is_remote(root_type)):
-        return Layout(mode, (Part("", root_type, True),))
+        return Layout(mode, (Part("", root_type, True),), root)
     parts = [Part("", root_type, False)]
     if mode == "auto":
         latest: dict[str, Mount] = {}  # what was mounted last on a point is what shows there
@@ -186,7 +187,7 @@ def plan_layout(mode: str, root: str, root_type: str, mounts: Iterable[Mount]) -
                 continue
             taken.append(m.point)
             parts.append(Part(m.point[len(root.rstrip("/")) + 1:], m.fstype, True))
-    return Layout(mode, tuple(parts))
+    return Layout(mode, tuple(parts), root)
 
 
 def effective_interval(poll_seconds: float, poll_cpu_seconds: float, budget: float = CPU_BUDGET) -> float:
@@ -198,7 +199,8 @@ def effective_interval(poll_seconds: float, poll_cpu_seconds: float, budget: flo
 class Observation:
     """What one poll found."""
 
-    ready: dict[str, float] = field(default_factory=dict)  # path -> when its change was first seen
+    settled: frozenset[str] = frozenset()  # changes that stood still for a poll: push them
+    overdue: dict[str, float] = field(default_factory=dict)  # still changing past the bound: path -> first seen
     full: bool = False  # no baseline: reconcile the whole part once
 
 
@@ -209,11 +211,13 @@ class PollTracker:
       pushed, from the index); without one it asks for one full reconcile.
     - A file seen changing between two polls waits until a poll finds it as the
       one before did: its size and mtime stood still for one poll (another host
-      may still be copying it). A second look sooner would not do: the clients
-      of network and FUSE filesystems cache attributes (FUSE 1 s by default, NFS
-      3-60 s), so a stat can repeat itself while the file grows.
-    - ``max_delay`` bounds the wait: a file still changing that long after it was
-      first seen is pushed anyway, as an overdue change (from a still copy).
+      may still be copying it). It is then *settled*. A second look sooner would
+      not do: the clients of network and FUSE filesystems cache attributes (FUSE
+      1 s by default, NFS 3-60 s), so a stat can repeat itself while the file grows.
+    - The wait is bounded: a file still changing ``max_delay`` after it was first
+      seen changing, but never sooner than two poll intervals (else a bound at
+      or below the interval would push every growing file at its second
+      sighting), is *overdue*: pushed anyway, from a still copy.
     - A deletion is a change like any other.
     """
 
@@ -222,21 +226,24 @@ class PollTracker:
         self.previous: dict[str, FileStat] | None = baseline
         self._waiting: dict[str, float] = {}  # path -> when it was first seen changing
 
-    def observe(self, now: float, snapshot: dict[str, FileStat]) -> Observation:
+    def observe(self, now: float, snapshot: dict[str, FileStat], interval: float = 0.0) -> Observation:
+        """``interval``: the time between this poll and the next."""
         previous, self.previous = self.previous, snapshot
         if previous is None:
             return Observation(full=True)
         changed = {k for k, v in snapshot.items() if previous.get(k) != v}
         changed.update(k for k in previous if k not in snapshot)
-        ready: dict[str, float] = {}
-        for path in [p for p in self._waiting if p not in changed]:  # stood still for a poll
-            ready[path] = self._waiting.pop(path)
+        settled = {p for p in self._waiting if p not in changed}
+        for path in settled:
+            del self._waiting[path]
+        bound = max(self.max_delay, 2 * interval)
+        overdue: dict[str, float] = {}
         for path in changed:
             since = self._waiting.setdefault(path, now)
-            if now - since >= self.max_delay:
-                ready[path] = self._waiting.pop(path)
-        return Observation(ready)
+            if now - since >= bound:
+                overdue[path] = self._waiting.pop(path)
+        return Observation(frozenset(settled), overdue)
 
     @property
-    def waiting(self) -> list[str]:
-        return sorted(self._waiting)
+    def waiting(self) -> frozenset[str]:
+        return frozenset(self._waiting)

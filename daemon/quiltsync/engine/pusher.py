@@ -123,26 +123,34 @@ class FolderPusher:
 
     # -- the pass -------------------------------------------------------------------
     def push(self, *, defer_moving: bool = False, paths: Iterable[str] | None = None,
-             allow_deletes: bool = False) -> PushResult:
+             allow_deletes: bool = False, hold: Iterable[str] = ()) -> PushResult:
         """One pass. ``defer_moving``: a file whose stat changed since the scan (still
         being written) is left for the next pass instead of being pushed half-written.
         ``paths``: the only paths that changed (relative), when the caller knows them.
-        ``allow_deletes``: an operator confirmed the deletions the safety checks hold."""
+        ``allow_deletes``: an operator confirmed the deletions the safety checks hold.
+        ``hold``: keys to leave as the base has them (files on a share that another
+        host is still writing: the poll hands them over once they stood still)."""
         def waiting() -> None:
             self.log.info("push.waiting", detail="another process is pushing this package; waiting for it")
 
         with package_lock(self.state_dir, self.folder.package, on_wait=waiting):
-            result = self._pass(defer_moving, paths, allow_deletes)
+            result = self._pass(defer_moving, paths, allow_deletes, frozenset(hold))
         if self.folder.package in self.index.holds() and self.index.clear_hold(self.folder.package):
             self.log.info("push.released", detail="the hold on deletions was released by --allow-deletes"
                           if allow_deletes else "the folder recovered; the hold on deletions is released")
         return result
 
-    def _pass(self, defer_moving: bool, paths: Iterable[str] | None, allow_deletes: bool) -> PushResult:
+    def _pass(self, defer_moving: bool, paths: Iterable[str] | None, allow_deletes: bool,
+              hold: frozenset[str] = frozenset()) -> PushResult:
         started = time.monotonic()
         recorded_ns = time.time_ns()
         base = self.resolve_base()
         scan = self.scan(paths)
+        for lk in hold:  # as last pushed: not added, changed or deleted by this pass
+            if lk in base.files:
+                scan.files[lk] = base.files[lk].stat
+            else:
+                scan.files.pop(lk, None)
         for _attempt in range(MAX_CONFLICT_RETRIES + 1):
             plan = plan_push(scan.files, base.files, base.revision.entries if base.revision else {},
                              self._hash_file)

@@ -61,17 +61,34 @@ def root_type(real: str, table: list[Mount]) -> str:
     return name
 
 
+_probing: set[str] = set()  # roots whose statfs has not returned yet: not asked again meanwhile
+_probing_lock = threading.Lock()
+
+
 def layout(root: Path, mode: str, timeout: float = DETECT_TIMEOUT) -> Layout:
-    """How the folder at ``root`` is watched (see ``core.watchmode.plan_layout``)."""
+    """How the folder at ``root`` is watched (see ``core.watchmode.plan_layout``).
+
+    A root whose statfs does not return within ``timeout`` gets a layout whose
+    root type is ``NOT_ANSWERING``; while that probe is still stuck, asking
+    again answers so at once instead of waiting (and leaving a thread) again.
+    """
     table = mounts()
+    key = os.path.abspath(root)
+    with _probing_lock:
+        stuck = key in _probing
+        _probing.add(key)
 
     def probe() -> tuple[str, str]:
-        real = os.path.realpath(root)
-        return real, root_type(real, table)
+        try:
+            real = os.path.realpath(root)
+            return real, root_type(real, table)
+        finally:
+            with _probing_lock:
+                _probing.discard(key)
 
-    found = answered(probe, timeout)
+    found = None if stuck else answered(probe, timeout)
     if found is None:
-        return plan_layout("poll" if mode == "auto" else mode, os.path.abspath(root), NOT_ANSWERING, table)
+        return plan_layout("poll", key, NOT_ANSWERING, table)
     return plan_layout(mode, *found, table)
 
 

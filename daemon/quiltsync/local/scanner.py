@@ -123,12 +123,14 @@ def scan_folder(
     scandir: Callable[[str], Iterator[os.DirEntry[str]]] = os.scandir,
     stat: Callable[[str], os.stat_result] = os.stat,
     under: str = "",
+    progress: Callable[[], None] | None = None,
 ) -> Scan:
-    """Every file of the folder, or only those ``under`` a directory of it (a polled mount)."""
+    """Every file of the folder, or only those ``under`` a directory of it (a polled mount).
+    ``progress`` is called after every answered filesystem call (a poll's hang detector)."""
     top = os.path.join(root, under) if under else str(root)
     result = Scan(root=root, root_dev=_root_stat(Path(top), stat).st_dev)
     _walk(result, [(top, under + "/" if under else "")], os.path.realpath(root), ignore, scandir, stat,
-          root_level=True)
+          root_level=True, progress=progress)
     return result
 
 
@@ -198,6 +200,7 @@ def _walk(
     stat: Callable[[str], os.stat_result],
     *,
     root_level: bool,
+    progress: Callable[[], None] | None = None,
 ) -> None:
     first = root_level
     while stack:
@@ -212,6 +215,8 @@ def _walk(
         first = False
         result.directories += 1
         for entry in entries:
+            if progress is not None:
+                progress()
             _visit(entry, prefix, real_root, ignore, stat, stack, result)
 
 

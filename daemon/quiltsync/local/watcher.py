@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from watchdog.events import (
@@ -45,7 +45,8 @@ class _Watched:
     package: str
     root: Path
     identity: tuple[int, int]  # (st_dev, st_ino) of the root when watched
-    watch: object
+    watches: list[object]  # the root's recursive watch, or the watches around polled mounts
+    subtrees: dict[str, object] = field(default_factory=dict)  # rel -> recursive watch, around polled mounts
 
 
 class _Handler(FileSystemEventHandler):
@@ -74,6 +75,38 @@ class _Handler(FileSystemEventHandler):
             if self.ignore.match_file(check):
                 continue
             self.on_change(self.package, rel)
+
+
+class _ChainHandler(_Handler):
+    """A directory on the way from the root to a polled mount, watched without its subtree
+    (watchdog's recursive watch would walk into the share, and hang with it). Its other
+    subdirectories get recursive watches of their own, also when they appear later."""
+
+    def __init__(self, package: str, root: Path, ignore: IgnoreRules, on_change: OnChange,
+                 watcher: Watcher, chain: set[str], skip: set[str]) -> None:
+        super().__init__(package, root, ignore, on_change)
+        self.watcher, self.chain, self.skip = watcher, chain, skip
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        super().on_any_event(event)
+        if not event.is_directory:
+            return
+        src = self._rel(event.src_path)
+        dest = self._rel(getattr(event, "dest_path", ""))
+        if src is not None and isinstance(event, (DirDeletedEvent, DirMovedEvent)) and self._around(src):
+            self.watcher._retract(self.package, src)
+        if isinstance(event, DirCreatedEvent) and src is not None and self._around(src):
+            self.watcher._extend(self.package, self, src)
+        if isinstance(event, DirMovedEvent) and dest is not None and self._around(dest):
+            self.watcher._extend(self.package, self, dest)
+
+    def _rel(self, p: str | bytes) -> str | None:
+        p = os.fsdecode(p)
+        return p[len(self.prefix):] if p.startswith(self.prefix) else None
+
+    def _around(self, rel: str) -> bool:
+        """A directory that gets a recursive watch: in a chain directory, not on the way, not polled."""
+        return rel.rpartition("/")[0] in self.chain and rel not in self.chain and rel not in self.skip
 
 
 class _OverflowHandler(logging.Handler):
@@ -110,24 +143,65 @@ class Watcher:
         self.observer.stop()
         self.observer.join(timeout=10)
 
-    def watch(self, package: str, root: Path, ignore: IgnoreRules) -> None:
-        """Watch a folder recursively; raises OSError if the root is missing or unreadable."""
+    def watch(self, package: str, root: Path, ignore: IgnoreRules, skip: Sequence[str] = ()) -> None:
+        """Watch a folder recursively, except the subtrees ``skip`` (relative: polled mounts);
+        raises OSError if the root is missing or unreadable."""
         self.unwatch(package)
         st = os.stat(root)
         os.listdir(root)  # unreadable roots give an observer that never fires (FACTS.md)
-        handler = _Handler(package, root, ignore, self.on_change)
-        w = self.observer.schedule(handler, str(root), recursive=True, event_filter=EVENT_FILTER)
+        watched = _Watched(package, root, (st.st_dev, st.st_ino), [])
         with self._lock:
-            self._watched[package] = _Watched(package, root, (st.st_dev, st.st_ino), w)
+            self._watched[package] = watched
+        if not skip:
+            handler = _Handler(package, root, ignore, self.on_change)
+            watched.watches.append(self.observer.schedule(handler, str(root), recursive=True,
+                                                          event_filter=EVENT_FILTER))
+            return
+        chain = {""} | {rel.rsplit("/", i)[0] for rel in skip for i in range(1, rel.count("/") + 1)}
+        chain_handler = _ChainHandler(package, root, ignore, self.on_change, self, chain, set(skip))
+        for rel in sorted(chain):
+            path = os.path.join(root, rel) if rel else str(root)
+            watched.watches.append(self.observer.schedule(chain_handler, path, recursive=False,
+                                                          event_filter=EVENT_FILTER))
+            with os.scandir(path) as it:
+                subdirs = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+            for name in subdirs:
+                child = f"{rel}/{name}" if rel else name
+                if chain_handler._around(child):
+                    self._extend(package, chain_handler, child)
+
+    def _extend(self, package: str, handler: _Handler, rel: str) -> None:
+        """A recursive watch on ``rel`` (a directory around the polled mounts)."""
+        with self._lock:
+            w = self._watched.get(package)
+        if w is None or rel in w.subtrees:
+            return
+        sub = _Handler(package, w.root, handler.ignore, handler.on_change)
+        try:
+            w.subtrees[rel] = self.observer.schedule(sub, os.path.join(w.root, rel), recursive=True,
+                                                     event_filter=EVENT_FILTER)
+        except OSError:
+            pass  # gone again already: its deletion is reported as a change
+
+    def _retract(self, package: str, rel: str) -> None:
+        with self._lock:
+            w = self._watched.get(package)
+        watch = w.subtrees.pop(rel, None) if w is not None else None
+        if watch is not None:
+            self._unschedule(watch)
+
+    def _unschedule(self, watch: object) -> None:
+        try:
+            self.observer.unschedule(watch)  # type: ignore[arg-type]
+        except (KeyError, OSError):
+            pass
 
     def unwatch(self, package: str) -> None:
         with self._lock:
             w = self._watched.pop(package, None)
         if w is not None:
-            try:
-                self.observer.unschedule(w.watch)  # type: ignore[arg-type]
-            except (KeyError, OSError):
-                pass
+            for watch in [*w.watches, *w.subtrees.values()]:
+                self._unschedule(watch)
 
     def is_watching(self, package: str) -> bool:
         with self._lock:

@@ -21,6 +21,7 @@ import math
 import os
 import queue
 import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -42,7 +43,7 @@ from quiltsync.service.polls import PollDone, Polls
 from quiltsync.service.pruner import CHECK_SECONDS as PRUNE_CHECK_SECONDS
 from quiltsync.service.pruner import Pruner
 from quiltsync.service.pushes import Pushes
-from quiltsync.service.roots import ROOT_CHECK_SECONDS, Roots, RootState
+from quiltsync.service.roots import ROOT_CHECK_SECONDS, Hooks, Roots, RootState
 
 DRAIN_SECONDS = 60.0  # SIGTERM: finish and push pending changes for at most this long
 HOLD_POLL_SECONDS = 1.0  # while a folder is held: how often the index is asked for a release
@@ -106,6 +107,7 @@ class Daemon:
         self.monitor: HealthMonitor | None = None
         self.pruner: Pruner | None = None
         self.metrics: Any = None
+        self.stuck: list[str] = []  # pushes still blocked when the daemon stopped
 
     # -- life cycle -------------------------------------------------------------------
     def run(self) -> int:
@@ -129,7 +131,8 @@ class Daemon:
             self._watcher = Watcher(self._on_change, self._on_overflow)
             self._watcher.start()
             self.polls = Polls(lambda done: self.inbox.put(_Msg("poll", done.package, value=done)), self.clock)
-            self.roots = Roots(self._watcher, self.log, self.polls, self._note_health, self._pushed_files)
+            self.roots = Roots(self._watcher, self.log, self.polls,
+                               Hooks(self._note_health, self._pushed_files, self.schedule.block))
         self.log.info("daemon.started", pid=os.getpid(), config=str(self.config_path),
                       folders=len(self.config.folder))
         self.metrics = self.pushes.metrics = start_metrics(self.config.daemon.metrics_address, self.log)
@@ -194,7 +197,7 @@ class Daemon:
         if now >= self._next_root_check:
             self._next_root_check = now + ROOT_CHECK_SECONDS
             self.roots.check({p: st.root for p, st in self.folders.items()},
-                             lambda pkg: self.schedule.note(pkg, now, None, urgent=True), now)
+                             lambda pkg: self.schedule.note(pkg, now, None, urgent=True))
         if now >= self._next_hold_poll:
             self._next_hold_poll = now + HOLD_POLL_SECONDS
             self._poll_holds(now)
@@ -260,6 +263,8 @@ class Daemon:
         self.folders.pop(package, None)
         if self.metrics is not None:
             self.metrics.forget(package)
+        if self.monitor is not None:
+            self.monitor.forget(package)
         self.schedule.remove(package)
         self.roots.unwatch(package)
 
@@ -270,8 +275,7 @@ class Daemon:
             return  # the folder was removed or re-watched since that poll began
 
         def note(path: str | None, since: float | None) -> None:
-            # a polled change stood still for a whole poll: it has settled, push it now
-            self.schedule.note(done.package, now, path, urgent=path is not None, since=since)
+            self.schedule.note(done.package, now, path, since=since)
 
         self.roots.polled(st.root, done, note)
 
@@ -414,6 +418,11 @@ class Daemon:
                 fut.result(timeout=max(0.0, deadline - self.clock()))
             except Exception as e:
                 self.log.warning("push.failed", package=pkg, error=str(e), attempt=1, retry_in_s=None)
+        self.stuck = sorted(p for p, (_s, fut, _st) in self.pushes.running.items() if not fut.done())
+        if self.stuck:
+            self.log.warning("daemon.stuck_pushes", packages=self.stuck,
+                             detail="pushes blocked in a filesystem call (a share that does not answer) are "
+                                    "abandoned; their changes are pushed at the next start")
         self.pushes.shutdown()
         if self.monitor is not None:
             self.monitor.shutdown()
@@ -439,4 +448,11 @@ class Daemon:
 
 
 def run_daemon(config_path: Path, config: Config) -> int:
-    return Daemon(config_path, config).run()
+    daemon = Daemon(config_path, config)
+    code = daemon.run()
+    if daemon.stuck:
+        # The interpreter would wait at exit for the push threads that a hung share holds.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

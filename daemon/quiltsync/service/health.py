@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+ENTRIES_SCAN_SECONDS = 60.0  # the workflow check's scan for an entries_schema, at most
 
 
 def run_all(config: Config, *, installed_watches: Callable[[], int] | None = None,
@@ -236,10 +240,14 @@ def check_workflow(folder: FolderConfig, workflows: Any, latest: Revision | Quil
                                                    1, 0, 0, len(base.entries) + 1 if base else 1, time.time()))
 
     def entries() -> list[tuple[str, int, dict[str, Any]]]:
-        try:
-            scan = scan_folder(folder.path, make_ignore_spec(folder.ignore))
+        from quiltsync.local.fstype import answered
+
+        try:  # a folder on a share that does not answer must not stall the checks
+            scan = answered(partial(scan_folder, folder.path, make_ignore_spec(folder.ignore)), ENTRIES_SCAN_SECONDS)
         except RootUnavailable:
             return []
+        if scan is None:
+            raise QuiltsyncError(f"{folder.path} did not answer within {ENTRIES_SCAN_SECONDS:.0f} s")
         old = base.entries if base else {}
         return [(lk, st.size, ((old[lk].meta or {}).get("user_meta") or {}) if lk in old else {})
                 for lk, st in scan.files.items()]

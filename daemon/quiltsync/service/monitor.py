@@ -66,6 +66,12 @@ class HealthMonitor:
         self._record(result)
         self._write()
 
+    def forget(self, target: str) -> None:
+        """A folder left the config: its rows go (the others stay)."""
+        for key in [k for k in self.results if k[1] == target]:
+            del self.results[key]
+        self._write()
+
     def ok(self, check: str, target: str) -> bool | None:
         """Whether the last result of ``check`` for ``target`` was ok (None: none yet)."""
         r = self.results.get((check, target))

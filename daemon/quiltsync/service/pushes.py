@@ -36,7 +36,10 @@ class Pushes:
                 self.schedule.finished(start.package, start.generation, now, Pushed())
                 continue
             paths = None if start.batch.full else set(start.batch.paths)
-            fut = self.pool.submit(st.pusher.push, defer_moving=not start.overdue, paths=paths)
+            # changes on a share that have not stood still for a poll yet stay out of this push
+            hold: frozenset[str] = getattr(st.root, "waiting", frozenset()) - (paths or set())
+            extra = {"hold": hold} if hold else {}
+            fut = self.pool.submit(st.pusher.push, defer_moving=not start.overdue, paths=paths, **extra)
             self.running[start.package] = (start, fut, st)
             fut.add_done_callback(self._poster(start.package))
 
