@@ -21,12 +21,11 @@ import os
 import shutil
 import signal
 import subprocess
-import textwrap
 import time
 from pathlib import Path
 
 from benchenv import TMP
-from daemon import Daemon
+from daemon import Daemon, write_config
 from quiltsync.remote.s3local import LocalS3
 
 
@@ -69,18 +68,7 @@ def main() -> int:
     try:
         with LocalS3() as s3:
             s3.create_bucket("bench", versioning=True)
-            cfg = TMP / "config.toml"
-            cfg.write_text(textwrap.dedent(f"""\
-                [daemon]
-                state_dir = "{TMP / 'state'}"
-                log_format = "json"
-                [s3]
-                endpoint_url = "{s3.endpoint_url}"
-                [[folder]]
-                path = "{mnt}"
-                package = "bench/share"
-                registry = "s3://bench"
-                """))
+            cfg = write_config(s3, mnt, 2.0, 30.0)  # the defaults: watch = "auto", poll_seconds = 30
             print(f"share: {a.dirs} dirs, {n} files behind a bindfs FUSE mount; the first start pushes them all")
             d = Daemon(cfg)
             _, started = d.wait("watch.started")

@@ -147,3 +147,40 @@ def test_a_push_leaves_files_a_poll_holds_back_as_last_pushed(setup) -> None:
     assert manifest_files(setup, held.top_hash) == {"a.txt": b"a2", "x.bin": b"x1", "gone.txt": b"g"}
     later = pusher.push(paths=["x.bin", "new.bin", "gone.txt"])
     assert manifest_files(setup, later.top_hash) == {"a.txt": b"a2", "x.bin": b"x2, half", "new.bin": b"half"}
+
+
+def test_a_held_file_is_not_deleted_when_the_base_comes_from_the_registry(setup) -> None:
+    """A lost index (or a new host): the base has no local stats, and a file held back by the
+    poll (deleted locally while another host rewrites it) must stay in the revision."""
+    from conftest import manifest_files
+
+    (setup.folder / "a.txt").write_text("a1")
+    (setup.folder / "x.bin").write_text("x1")
+    setup.pusher().push()
+    for f in setup.state_dir.glob("index.sqlite3*"):
+        f.unlink()
+    (setup.folder / "x.bin").unlink()
+    (setup.folder / "a.txt").write_text("a2")
+    result = setup.pusher().push(hold={"x.bin"})
+    assert manifest_files(setup, result.top_hash) == {"a.txt": b"a2", "x.bin": b"x1"}
+
+
+def test_two_folders_sharing_a_watch_keep_it_when_one_is_unwatched(tmp_path: Path) -> None:
+    """Folder A (with a polled mount) watches lab/notes recursively, as folder B's own root."""
+    from quiltsync.local.scanner import make_ignore_spec
+    from quiltsync.local.watcher import Watcher
+
+    (tmp_path / "lab" / "share").mkdir(parents=True)
+    (tmp_path / "lab" / "notes").mkdir()
+    changes: queue.SimpleQueue[tuple[str, str | None]] = queue.SimpleQueue()
+    w = Watcher(lambda pkg, rel: changes.put((pkg, rel)), lambda _p: None)
+    w.start()
+    try:
+        w.watch("t/a", tmp_path, make_ignore_spec([]), ["lab/share"])
+        w.watch("t/b", tmp_path / "lab" / "notes", make_ignore_spec([]))
+        w.unwatch("t/a")
+        (tmp_path / "lab" / "notes" / "n.txt").write_text("still watched for b")
+        while changes.get(timeout=10) != ("t/b", "n.txt"):
+            pass
+    finally:
+        w.stop()

@@ -259,3 +259,38 @@ def test_a_reload_from_events_to_auto_starts_polling_the_share(setup: Setup, fus
         assert manifest_files(setup, e["top_hash"]) == {"after-reload.csv": b"seen by the new poll\n"}
     finally:
         d.stop()
+
+
+def test_a_share_unmounted_inside_a_folder_is_not_pushed_as_deleted(setup: Setup, tmp_path: Path) -> None:
+    """umount of the instrument's share leaves an empty directory: the folder's pushes wait
+    (watch.failed) until the share is back, and no revision ever lacks the share's files."""
+    why = _fuse_unavailable()
+    if why:
+        pytest.skip(why)
+    write_config(setup.config_path, setup.folder, setup.package, setup.registry, setup.endpoint,
+                 setup.state_dir, POLL)
+    behind = tmp_path / "behind"
+    behind.mkdir()
+    (behind / "reading.csv").write_text("t,v\n0,1\n")
+    (setup.folder / "local.txt").write_text("local\n")
+    inner = FuseMount(behind, setup.folder / "instrument")
+    d = DaemonProcess(setup.config_path)
+    try:
+        d.wait_for(lambda e: e.get("event") == "push.completed" and e.get("files") == 2, timeout=60)
+        mark = d.event_count()
+        inner.close()  # unmounted: instrument/ is an empty directory now
+        failed = d.wait_for(lambda e: e.get("event") == "watch.failed", timeout=30, after=mark)
+        assert "not on its share anymore" in failed["detail"], failed
+        (setup.folder / "later.txt").write_text("written while the share is away\n")
+        status = json.loads(setup.cli("status", "--json", check=True).stdout)["folders"][0]
+        assert "not on its share anymore" in status["health"], status
+        inner = FuseMount(behind, setup.folder / "instrument")  # back
+        d.wait_for(lambda e: e.get("event") == "watch.recovered", timeout=30, after=mark)
+        e = d.wait_for(lambda e: e.get("event") == "push.completed" and e.get("files") == 3, timeout=30, after=mark)
+        assert e["deleted"] == 0
+        pushed = [x for x in d.of("push.completed") if x["files"] >= 2]
+        for x in pushed:  # once in, the share's file is in every revision
+            assert "instrument/reading.csv" in manifest_files(setup, x["top_hash"]), x
+    finally:
+        d.stop()
+        inner.close()

@@ -16,7 +16,7 @@ local; it never uploads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -80,6 +80,16 @@ def plan_push(
             plan.modified.append(lk)
     plan.deleted = sorted(set(base) - set(scan))
     return plan
+
+
+def hold_back(plan: Plan, keys: Set[str]) -> Plan:
+    """``plan`` without any change to ``keys``: they stay as the base revision has them
+    (files on a share that another host is still writing)."""
+    if not keys:
+        return plan
+    return Plan([k for k in plan.added if k not in keys], [k for k in plan.modified if k not in keys],
+                [k for k in plan.deleted if k not in keys],
+                {k: v for k, v in plan.refresh.items() if k not in keys}, plan.hashed)
 
 
 def pending_changes(scan: Mapping[str, FileStat], index: Mapping[str, Known]) -> int:

@@ -360,6 +360,11 @@ class Scheduler:
         batch = folder.batch
         return Batch(set(batch.paths), batch.full, batch.first, batch.last, batch.urgent)
 
+    def blocked(self, package: str) -> str | None:
+        """Why no push of the folder may start now, or None."""
+        folder = self._folders.get(package)
+        return None if folder is None else folder.blocked
+
     def held(self, package: str) -> str | None:
         """Why the folder is held, or None."""
         folder = self._folders.get(package)

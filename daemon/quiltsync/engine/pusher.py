@@ -40,7 +40,7 @@ from typing import Any
 from quiltsync.config import FolderConfig
 from quiltsync.core.manifest import revision_meta, top_hash_of
 from quiltsync.core.message import MessageValues, render
-from quiltsync.core.planner import Plan, plan_push
+from quiltsync.core.planner import Plan, hold_back, plan_push
 from quiltsync.core.safety import deletion_verdict
 from quiltsync.core.types import FileRecord, FileStat, HashValue, LastPush, PushResult, Revision
 from quiltsync.errors import (
@@ -146,14 +146,10 @@ class FolderPusher:
         recorded_ns = time.time_ns()
         base = self.resolve_base()
         scan = self.scan(paths)
-        for lk in hold:  # as last pushed: not added, changed or deleted by this pass
-            if lk in base.files:
-                scan.files[lk] = base.files[lk].stat
-            else:
-                scan.files.pop(lk, None)
         for _attempt in range(MAX_CONFLICT_RETRIES + 1):
             plan = plan_push(scan.files, base.files, base.revision.entries if base.revision else {},
                              self._hash_file)
+            plan = hold_back(plan, hold)  # as the base has them: not added, changed or deleted now
             if not plan.changes:
                 if base.trusted and self.registry.latest(self.folder.package) != base.top_hash:
                     base = self._rebase(base, "latest moved since our last push; rebasing on it")

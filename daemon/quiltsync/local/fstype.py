@@ -65,14 +65,14 @@ _probing: set[str] = set()  # roots whose statfs has not returned yet: not asked
 _probing_lock = threading.Lock()
 
 
-def layout(root: Path, mode: str, timeout: float = DETECT_TIMEOUT) -> Layout:
+def layout(root: Path, mode: str, table: list[Mount] | None = None, timeout: float = DETECT_TIMEOUT) -> Layout:
     """How the folder at ``root`` is watched (see ``core.watchmode.plan_layout``).
 
     A root whose statfs does not return within ``timeout`` gets a layout whose
     root type is ``NOT_ANSWERING``; while that probe is still stuck, asking
     again answers so at once instead of waiting (and leaving a thread) again.
     """
-    table = mounts()
+    table = mounts() if table is None else table
     key = os.path.abspath(root)
     with _probing_lock:
         stuck = key in _probing

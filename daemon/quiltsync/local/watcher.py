@@ -45,8 +45,9 @@ class _Watched:
     package: str
     root: Path
     identity: tuple[int, int]  # (st_dev, st_ino) of the root when watched
-    watches: list[object]  # the root's recursive watch, or the watches around polled mounts
-    subtrees: dict[str, object] = field(default_factory=dict)  # rel -> recursive watch, around polled mounts
+    watches: list[tuple[object, _Handler]]  # the root's recursive watch, or those around polled mounts
+    subtrees: dict[str, tuple[object, _Handler]] = field(default_factory=dict)  # rel -> recursive watch
+    real: str = ""  # the root, symlinks resolved (mount points are named so)
 
 
 class _Handler(FileSystemEventHandler):
@@ -129,6 +130,7 @@ class Watcher:
         self.observer = Observer()
         self.observer.daemon = True
         self._watched: dict[str, _Watched] = {}
+        self._refs: dict[object, int] = {}  # watchdog watch -> how many of ours use it
         self._lock = threading.Lock()
         self._overflow = _OverflowHandler(on_overflow)
         for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
@@ -149,20 +151,18 @@ class Watcher:
         self.unwatch(package)
         st = os.stat(root)
         os.listdir(root)  # unreadable roots give an observer that never fires (FACTS.md)
-        watched = _Watched(package, root, (st.st_dev, st.st_ino), [])
+        watched = _Watched(package, root, (st.st_dev, st.st_ino), [], real=os.path.realpath(root))
         with self._lock:
             self._watched[package] = watched
         if not skip:
             handler = _Handler(package, root, ignore, self.on_change)
-            watched.watches.append(self.observer.schedule(handler, str(root), recursive=True,
-                                                          event_filter=EVENT_FILTER))
+            watched.watches.append(self._schedule(handler, str(root), True))
             return
         chain = {""} | {rel.rsplit("/", i)[0] for rel in skip for i in range(1, rel.count("/") + 1)}
         chain_handler = _ChainHandler(package, root, ignore, self.on_change, self, chain, set(skip))
         for rel in sorted(chain):
             path = os.path.join(root, rel) if rel else str(root)
-            watched.watches.append(self.observer.schedule(chain_handler, path, recursive=False,
-                                                          event_filter=EVENT_FILTER))
+            watched.watches.append(self._schedule(chain_handler, path, False))
             with os.scandir(path) as it:
                 subdirs = [e.name for e in it if e.is_dir(follow_symlinks=False)]
             for name in subdirs:
@@ -170,38 +170,61 @@ class Watcher:
                 if chain_handler._around(child):
                     self._extend(package, chain_handler, child)
 
+    def _schedule(self, handler: _Handler, path: str, recursive: bool) -> tuple[object, _Handler]:
+        """Watches of equal path and kind share one emitter in watchdog (two folders can
+        need the same one): counted, so that unwatching one folder leaves the other's."""
+        watch = self.observer.schedule(handler, path, recursive=recursive, event_filter=EVENT_FILTER)
+        with self._lock:
+            self._refs[watch] = self._refs.get(watch, 0) + 1
+        return watch, handler
+
+    def _unschedule(self, scheduled: tuple[object, _Handler]) -> None:
+        watch, handler = scheduled
+        with self._lock:
+            left = self._refs.get(watch, 1) - 1
+            if left > 0:
+                self._refs[watch] = left
+            else:
+                self._refs.pop(watch, None)
+        try:
+            if left > 0:
+                self.observer.remove_handler_for_watch(handler, watch)  # type: ignore[arg-type]
+            else:
+                self.observer.unschedule(watch)  # type: ignore[arg-type]
+        except (KeyError, OSError):
+            pass
+
     def _extend(self, package: str, handler: _Handler, rel: str) -> None:
-        """A recursive watch on ``rel`` (a directory around the polled mounts)."""
+        """A recursive watch on ``rel`` (a directory around the polled mounts), unless it is
+        itself a mount point now (the root check plans the folder again): watchdog would
+        walk into it, on its own thread, with its lock held."""
+        from quiltsync.local.fstype import mounts
+
         with self._lock:
             w = self._watched.get(package)
         if w is None or rel in w.subtrees:
             return
+        if any(m.point == os.path.join(w.real, rel) for m in mounts()):
+            return
         sub = _Handler(package, w.root, handler.ignore, handler.on_change)
         try:
-            w.subtrees[rel] = self.observer.schedule(sub, os.path.join(w.root, rel), recursive=True,
-                                                     event_filter=EVENT_FILTER)
+            w.subtrees[rel] = self._schedule(sub, os.path.join(w.root, rel), True)
         except OSError:
             pass  # gone again already: its deletion is reported as a change
 
     def _retract(self, package: str, rel: str) -> None:
         with self._lock:
             w = self._watched.get(package)
-        watch = w.subtrees.pop(rel, None) if w is not None else None
-        if watch is not None:
-            self._unschedule(watch)
-
-    def _unschedule(self, watch: object) -> None:
-        try:
-            self.observer.unschedule(watch)  # type: ignore[arg-type]
-        except (KeyError, OSError):
-            pass
+        scheduled = w.subtrees.pop(rel, None) if w is not None else None
+        if scheduled is not None:
+            self._unschedule(scheduled)
 
     def unwatch(self, package: str) -> None:
         with self._lock:
             w = self._watched.pop(package, None)
         if w is not None:
-            for watch in [*w.watches, *w.subtrees.values()]:
-                self._unschedule(watch)
+            for scheduled in [*w.watches, *w.subtrees.values()]:
+                self._unschedule(scheduled)
 
     def is_watching(self, package: str) -> bool:
         with self._lock:

@@ -49,6 +49,8 @@ DRAIN_SECONDS = 60.0  # SIGTERM: finish and push pending changes for at most thi
 HOLD_POLL_SECONDS = 1.0  # while a folder is held: how often the index is asked for a release
 
 PusherFactory = Callable[[FolderConfig, Index], Any]
+_DONE: Future[Any] = Future()
+_DONE.set_result(None)
 
 
 def _real_pusher(folder: FolderConfig, index: Index) -> Any:
@@ -234,6 +236,7 @@ class Daemon:
             for pkg in pkgs or list(self.folders):
                 self.log.warning("watch.overflow", package=pkg,
                                  detail="kernel event queue overflowed; events lost, rescanning")
+                self.roots.rewatch_around_polls(self.folders[pkg].root)
                 self.schedule.note(pkg, now, None, urgent=True)
         elif msg.kind == "poll":
             self._polled(msg.value, now)
@@ -402,7 +405,10 @@ class Daemon:
         if self.polls is not None:
             self.polls.shutdown()
         deadline = self.clock() + DRAIN_SECONDS
-        for _start, fut, _st in list(self.pushes.running.values()):  # finish the pushes in flight
+        futures = {p: fut for p, (_s, fut, _st) in self.pushes.running.items()}
+        for pkg, fut in futures.items():  # finish the pushes in flight
+            if self.schedule.blocked(pkg):
+                continue  # waiting on a share that does not answer: not worth the drain's time
             try:
                 fut.result(timeout=max(0.0, deadline - self.clock()))
             except Exception:
@@ -411,14 +417,16 @@ class Daemon:
             if self.clock() >= deadline:
                 self.log.warning("daemon.drain_timeout", package=pkg)
                 continue
-            if self.schedule.held(pkg):
+            if self.schedule.held(pkg) or self.schedule.blocked(pkg) or not futures.get(pkg, _DONE).done():
                 continue
-            fut = self.pushes.pool.submit(self.folders[pkg].pusher.push, defer_moving=False)
+            hold = self.folders[pkg].root.waiting
+            futures[pkg] = fut = self.pushes.pool.submit(self.folders[pkg].pusher.push, defer_moving=False,
+                                                         **({"hold": hold} if hold else {}))
             try:
                 fut.result(timeout=max(0.0, deadline - self.clock()))
             except Exception as e:
                 self.log.warning("push.failed", package=pkg, error=str(e), attempt=1, retry_in_s=None)
-        self.stuck = sorted(p for p, (_s, fut, _st) in self.pushes.running.items() if not fut.done())
+        self.stuck = sorted(p for p, fut in futures.items() if not fut.done())
         if self.stuck:
             self.log.warning("daemon.stuck_pushes", packages=self.stuck,
                              detail="pushes blocked in a filesystem call (a share that does not answer) are "
@@ -449,10 +457,13 @@ class Daemon:
 
 def run_daemon(config_path: Path, config: Config) -> int:
     daemon = Daemon(config_path, config)
-    code = daemon.run()
-    if daemon.stuck:
-        # The interpreter would wait at exit for the push threads that a hung share holds.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    code = 1
+    try:
+        code = daemon.run()
+    finally:
+        if daemon.stuck:
+            # The interpreter would wait at exit for the push threads that a hung share holds.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     return code

@@ -81,6 +81,8 @@ class _Poll:
     def _check_mounted(self) -> None:
         """A planned share that is no longer mounted fails the poll (its files are not deleted)."""
         table = mounts()
+        if not table:
+            return  # no mount table to ask (/proc not mounted): nothing to compare with
         for part in self.layout.polled:
             if not is_remote(part.fstype) or not self.layout.path:
                 continue  # polled by choice (watch = "poll" on a local disk), or never resolved

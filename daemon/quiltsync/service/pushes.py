@@ -36,8 +36,9 @@ class Pushes:
                 self.schedule.finished(start.package, start.generation, now, Pushed())
                 continue
             paths = None if start.batch.full else set(start.batch.paths)
-            # changes on a share that have not stood still for a poll yet stay out of this push
-            hold: frozenset[str] = getattr(st.root, "waiting", frozenset()) - (paths or set())
+            # changes on a share that have not stood still for a poll (as the last poll saw them)
+            # stay out of this push, even if noted before: the poll hands them over again
+            hold: frozenset[str] = getattr(st.root, "waiting", frozenset())
             extra = {"hold": hold} if hold else {}
             fut = self.pool.submit(st.pusher.push, defer_moving=not start.overdue, paths=paths, **extra)
             self.running[start.package] = (start, fut, st)

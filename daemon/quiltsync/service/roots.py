@@ -23,16 +23,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from quiltsync.config import FolderConfig
-from quiltsync.core.watchmode import NOT_ANSWERING, Layout
+from quiltsync.core.watchmode import NOT_ANSWERING, Layout, Mount
 from quiltsync.local.scanner import make_ignore_spec
 from quiltsync.service.health import CheckResult
 from quiltsync.service.polls import PollDone
 
 ROOT_CHECK_SECONDS = 5.0  # how often roots are checked for vanishing or coming back
+FIRST_POLL = "waiting for the first poll of its share"
 
 Note = Callable[[str | None, float | None], None]  # (path or None for a full rescan, first seen if overdue)
 
@@ -46,6 +46,7 @@ class RootState:
     interval: float | None = None  # the polls' effective interval, when some parts are polled
     poll_problem: str | None = None  # why the last poll failed, or that it hangs
     waiting: frozenset[str] = field(default_factory=frozenset)  # polled changes that have not settled
+    first_poll: bool = False  # the polls started and none has answered yet: pushes wait
 
     def describe(self) -> str:
         if self.layout is None:
@@ -68,7 +69,7 @@ class Roots:
         self.polls = polls
         self.log = log
         self.hooks = hooks or Hooks()
-        self._mount_table: str | None = None
+        self._mounts: list[Mount] | None = None  # the mount table as the last root check read it
 
     def watch(self, st: RootState) -> None:
         f = st.config
@@ -78,14 +79,17 @@ class Roots:
         from quiltsync.local.fstype import layout
         from quiltsync.local.watcher import installed_watches
 
-        lay = layout(f.path, f.watch)
+        lay = layout(f.path, f.watch, self._table())
         self.unwatch(f.package)  # a reload or a new mount may move a part between events and polling
         st.layout, st.interval, st.poll_problem, st.waiting = lay, None, None, frozenset()
+        st.first_poll = bool(lay.polled and self.polls is not None)
         if lay.root.fstype == NOT_ANSWERING:
             self._failed(st, f"{f.path} does not answer (a hung NFS/SMB server or a stopped FUSE process?)")
             self.hooks.block(f.package, st.problem)
             return
-        self.hooks.block(f.package, None)
+        # pushes of a folder with polled parts wait for its first poll: it says whether the share
+        # answers, and which files are still being written
+        self.hooks.block(f.package, FIRST_POLL if st.first_poll else None)
         before = installed_watches()
         if lay.events:
             try:  # inotify for the local part only: the watch stops at the polled mounts
@@ -103,6 +107,18 @@ class Roots:
                       parts=lay.as_json(st.interval),
                       directories=(after - before) if lay.events and before >= 0 and after >= 0 else None)
         self.hooks.report(CheckResult("watches", f.package, "ok", st.describe()))
+
+    def rewatch_around_polls(self, st: RootState) -> None:
+        """After an inotify overflow: watchdog rebuilds its recursive watches only, so the
+        watches around a folder's polled mounts (and directories made meanwhile) are set again."""
+        lay = st.layout
+        if self.watcher is None or lay is None or not lay.events or not lay.polled or not st.watching:
+            return
+        f = st.config
+        try:
+            self.watcher.watch(f.package, f.path, make_ignore_spec(f.ignore), [p.rel for p in lay.polled])
+        except OSError as e:
+            self._failed(st, f"cannot watch {f.path}: {e.strerror or e}")
 
     def _failed(self, st: RootState, problem: str) -> None:
         if st.problem != problem:
@@ -138,21 +154,35 @@ class Roots:
                                       "in a filesystem call (a hung NFS/SMB server or a stopped FUSE process?); "
                                       "pushes of this folder wait, other folders go on")
 
+    def _table(self) -> list[Mount]:
+        """The mount table, read once per root check (or per watch)."""
+        from quiltsync.local.fstype import mounts
+
+        if self._mounts is None:
+            self._mounts = mounts()
+        return self._mounts
+
     def _mounts_changed(self) -> bool:
         if self.watcher is None:
             return False
-        try:
-            table = Path("/proc/self/mountinfo").read_text(errors="surrogateescape")
-        except OSError:
-            return False
-        changed = self._mount_table is not None and table != self._mount_table
-        self._mount_table = table
-        return changed
+        before, self._mounts = self._mounts, None
+        return before is not None and self._table() != before
 
     def _layout_moved(self, st: RootState) -> bool:
+        """A share was mounted inside the folder (or the root's kind changed): plan again.
+
+        A polled share that vanished from the table is *not* planned away: its poll
+        fails ("unmounted?") and the folder's pushes wait, so that the empty mount
+        point is never pushed as the share's files deleted.
+        """
         from quiltsync.local.fstype import layout
 
-        return st.layout is not None and layout(st.config.path, st.config.watch).parts != st.layout.parts
+        if st.layout is None:
+            return False
+        new = layout(st.config.path, st.config.watch, self._table())
+        old_polled = {p.rel for p in st.layout.polled}
+        new_polled = {p.rel for p in new.polled}
+        return new_polled != old_polled and old_polled <= new_polled
 
     def polled(self, st: RootState, done: PollDone, note: Note) -> None:
         """A poll of the folder's polled parts finished: report, then note what is ready to push."""
@@ -168,6 +198,9 @@ class Roots:
                           else "polls back at poll_seconds")
         changed = st.interval is None or abs(done.interval - st.interval) > 0.1 * st.interval
         st.interval, st.waiting = done.interval, done.waiting
+        if st.first_poll and st.poll_problem is None:
+            self.hooks.block(f.package, None)  # the first poll answered: pushes may start
+        st.first_poll = False
         if st.poll_problem is not None:
             st.poll_problem = None
             self.hooks.block(f.package, None)
