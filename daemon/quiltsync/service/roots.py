@@ -198,12 +198,11 @@ class Roots:
                           else "polls back at poll_seconds")
         changed = st.interval is None or abs(done.interval - st.interval) > 0.1 * st.interval
         st.interval, st.waiting = done.interval, done.waiting
-        if st.first_poll and st.poll_problem is None:
-            self.hooks.block(f.package, None)  # the first poll answered: pushes may start
+        if st.first_poll or st.poll_problem is not None:
+            self.hooks.block(f.package, None)  # the share answers: pushes may start
         st.first_poll = False
         if st.poll_problem is not None:
             st.poll_problem = None
-            self.hooks.block(f.package, None)
             self.log.info("watch.recovered", package=f.package, folder=str(f.path), watch=st.describe())
             self.hooks.report(CheckResult("watches", f.package, "ok", st.describe()))
             note(None, None)  # whatever happened while it did not answer
