@@ -172,3 +172,14 @@ def test_a_max_delay_at_or_below_the_interval_still_waits_two_intervals() -> Non
     assert not obs.overdue and not obs.settled and t.waiting == {"f"}
     obs = t.observe(61.0, {"f": FileStat(2, 2, 1)}, interval=30.0)
     assert obs.settled == {"f"}
+
+
+def test_a_reload_keeps_a_share_that_is_not_mounted_now_as_a_polled_part() -> None:
+    from quiltsync.core.watchmode import keep_polled
+
+    before = plan_layout("auto", "/data/plain", "ext4", parse_mountinfo(MOUNTINFO))
+    now = plan_layout("auto", "/data/plain", "ext4", [Mount("/", "ext4"), Mount("/data/plain", "ext4")])
+    assert now.polled == ()
+    kept = keep_polled(now, before)
+    assert [(p.rel, p.fstype) for p in kept.polled] == [("instrument", "fuse.sshfs")]
+    assert keep_polled(before, before) == before

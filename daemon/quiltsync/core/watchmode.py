@@ -190,6 +190,16 @@ def plan_layout(mode: str, root: str, root_type: str, mounts: Iterable[Mount]) -
     return Layout(mode, tuple(parts), root)
 
 
+def keep_polled(layout: Layout, previous: Layout) -> Layout:
+    """``layout`` plus the remote parts ``previous`` polled that it lacks (a share unmounted
+    meanwhile must stay a polled part: its poll then fails, and its files are not deleted)."""
+    if layout.root.polled:
+        return layout
+    have = {p.rel for p in layout.parts}
+    lost = [p for p in previous.polled if p.rel and p.rel not in have and is_remote(p.fstype)]
+    return Layout(layout.mode, (*layout.parts, *lost), layout.path) if lost else layout
+
+
 def effective_interval(poll_seconds: float, poll_cpu_seconds: float, budget: float = CPU_BUDGET) -> float:
     """The poll interval that keeps a poll costing ``poll_cpu_seconds`` under ``budget`` of a core."""
     return max(poll_seconds, poll_cpu_seconds / budget)

@@ -147,9 +147,10 @@ class FolderPusher:
         base = self.resolve_base()
         scan = self.scan(paths)
         for _attempt in range(MAX_CONFLICT_RETRIES + 1):
-            plan = plan_push(scan.files, base.files, base.revision.entries if base.revision else {},
+            files = {k: v for k, v in scan.files.items() if k not in hold} if hold else scan.files
+            plan = plan_push(files, base.files, base.revision.entries if base.revision else {},
                              self._hash_file)
-            plan = hold_back(plan, hold)  # as the base has them: not added, changed or deleted now
+            plan = hold_back(plan, hold)  # as the base has them: not added, changed or deleted (nor read) now
             if not plan.changes:
                 if base.trusted and self.registry.latest(self.folder.package) != base.top_hash:
                     base = self._rebase(base, "latest moved since our last push; rebasing on it")

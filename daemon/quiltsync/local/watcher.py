@@ -160,6 +160,7 @@ class Watcher:
             return
         chain = {""} | {rel.rsplit("/", i)[0] for rel in skip for i in range(1, rel.count("/") + 1)}
         chain_handler = _ChainHandler(package, root, ignore, self.on_change, self, chain, set(skip))
+        shares = _shares()
         for rel in sorted(chain):
             path = os.path.join(root, rel) if rel else str(root)
             watched.watches.append(self._schedule(chain_handler, path, False))
@@ -168,7 +169,7 @@ class Watcher:
             for name in subdirs:
                 child = f"{rel}/{name}" if rel else name
                 if chain_handler._around(child):
-                    self._extend(package, chain_handler, child)
+                    self._extend(package, chain_handler, child, shares)
 
     def _schedule(self, handler: _Handler, path: str, recursive: bool) -> tuple[object, _Handler]:
         """Watches of equal path and kind share one emitter in watchdog (two folders can
@@ -194,17 +195,15 @@ class Watcher:
         except (KeyError, OSError):
             pass
 
-    def _extend(self, package: str, handler: _Handler, rel: str) -> None:
-        """A recursive watch on ``rel`` (a directory around the polled mounts), unless it is
-        itself a mount point now (the root check plans the folder again): watchdog would
-        walk into it, on its own thread, with its lock held."""
-        from quiltsync.local.fstype import mounts
-
+    def _extend(self, package: str, handler: _Handler, rel: str, shares: set[str] | None = None) -> None:
+        """A recursive watch on ``rel`` (a directory around the polled mounts), unless a share
+        is mounted on it now (the root check plans the folder again): watchdog would walk
+        into it, on its own thread, with its lock held. ``shares``: their mount points."""
         with self._lock:
             w = self._watched.get(package)
         if w is None or rel in w.subtrees:
             return
-        if any(m.point == os.path.join(w.real, rel) for m in mounts()):
+        if os.path.join(w.real, rel) in (_shares() if shares is None else shares):
             return
         sub = _Handler(package, w.root, handler.ignore, handler.on_change)
         try:
@@ -250,6 +249,14 @@ class Watcher:
                 if path == str(w.root) or path.startswith(str(w.root).rstrip("/") + "/"):
                     return w.package
         return None
+
+
+def _shares() -> set[str]:
+    """Mount points of network, cluster and FUSE filesystems."""
+    from quiltsync.core.watchmode import is_remote
+    from quiltsync.local.fstype import mounts
+
+    return {m.point for m in mounts() if is_remote(m.fstype)}
 
 
 def installed_watches() -> int:

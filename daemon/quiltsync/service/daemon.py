@@ -23,6 +23,7 @@ import queue
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from quiltsync.service.polls import PollDone, Polls
 from quiltsync.service.pruner import CHECK_SECONDS as PRUNE_CHECK_SECONDS
 from quiltsync.service.pruner import Pruner
 from quiltsync.service.pushes import Pushes
-from quiltsync.service.roots import ROOT_CHECK_SECONDS, Hooks, Roots, RootState
+from quiltsync.service.roots import FIRST_POLL, ROOT_CHECK_SECONDS, Hooks, Roots, RootState
 
 DRAIN_SECONDS = 60.0  # SIGTERM: finish and push pending changes for at most this long
 HOLD_POLL_SECONDS = 1.0  # while a folder is held: how often the index is asked for a release
@@ -260,7 +261,7 @@ class Daemon:
         if old is not None:
             st.last_push = old.last_push
         self.folders[f.package] = st
-        self.roots.watch(st.root)
+        self.roots.watch(st.root, old.root.layout if old is not None else None)
 
     def _remove_folder(self, package: str) -> None:
         self.folders.pop(package, None)
@@ -407,7 +408,7 @@ class Daemon:
         deadline = self.clock() + DRAIN_SECONDS
         futures = {p: fut for p, (_s, fut, _st) in self.pushes.running.items()}
         for pkg, fut in futures.items():  # finish the pushes in flight
-            if self.schedule.blocked(pkg):
+            if self.schedule.blocked(pkg) not in (None, FIRST_POLL):
                 continue  # waiting on a share that does not answer: not worth the drain's time
             try:
                 fut.result(timeout=max(0.0, deadline - self.clock()))
@@ -460,6 +461,9 @@ def run_daemon(config_path: Path, config: Config) -> int:
     code = 1
     try:
         code = daemon.run()
+    except BaseException:
+        traceback.print_exc()  # before a possible os._exit, which would swallow it
+        raise
     finally:
         if daemon.stuck:
             # The interpreter would wait at exit for the push threads that a hung share holds.

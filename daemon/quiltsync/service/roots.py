@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quiltsync.config import FolderConfig
-from quiltsync.core.watchmode import NOT_ANSWERING, Layout, Mount
+from quiltsync.core.watchmode import NOT_ANSWERING, Layout, Mount, keep_polled
 from quiltsync.local.scanner import make_ignore_spec
 from quiltsync.service.health import CheckResult
 from quiltsync.service.polls import PollDone
@@ -71,7 +71,9 @@ class Roots:
         self.hooks = hooks or Hooks()
         self._mounts: list[Mount] | None = None  # the mount table as the last root check read it
 
-    def watch(self, st: RootState) -> None:
+    def watch(self, st: RootState, previous: Layout | None = None) -> None:
+        """``previous``: the layout the folder had (a reload): a share it polled that is not
+        mounted now stays planned, so that its poll fails instead of its files being deleted."""
         f = st.config
         if self.watcher is None:
             st.watching = f.path.is_dir()
@@ -80,6 +82,8 @@ class Roots:
         from quiltsync.local.watcher import installed_watches
 
         lay = layout(f.path, f.watch, self._table())
+        if previous is not None and previous.path == lay.path and f.watch != "events":
+            lay = keep_polled(lay, previous)
         self.unwatch(f.package)  # a reload or a new mount may move a part between events and polling
         st.layout, st.interval, st.poll_problem, st.waiting = lay, None, None, frozenset()
         st.first_poll = bool(lay.polled and self.polls is not None)
@@ -95,6 +99,8 @@ class Roots:
             try:  # inotify for the local part only: the watch stops at the polled mounts
                 self.watcher.watch(f.package, f.path, make_ignore_spec(f.ignore), [p.rel for p in lay.polled])
             except OSError as e:
+                st.first_poll = False  # no poll starts: pushes go on as for any folder that cannot be watched
+                self.hooks.block(f.package, None)
                 self._failed(st, f"cannot watch {f.path}: {e.strerror or e}")
                 return
         after = installed_watches()
