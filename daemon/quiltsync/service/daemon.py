@@ -4,8 +4,9 @@ The decisions (what is due, backoff, holds, reload generations) are made by
 ``core.schedule.Scheduler``, a pure object; this module only feeds it events and
 carries out what it says. One main thread owns all state. Everything else talks
 to it through one ``queue.SimpleQueue`` (whose put() is safe from signal
-handlers): watchdog's thread posts changes, push workers post results, signal
-handlers post signals. The loop waits on the queue with a timeout set by the
+handlers): watchdog's thread posts changes, poll threads (folders on network and
+FUSE shares) post what stood still, push workers post results, signal handlers
+post signals. The loop waits on the queue with a timeout set by the
 next deadline; it never polls in a busy loop.
 
 Owners: the daemon holds ``state_dir``'s lock for its whole life (a second
