@@ -462,12 +462,11 @@ def run_daemon(config_path: Path, config: Config) -> int:
     code = 1
     try:
         code = daemon.run()
-    except BaseException:
-        traceback.print_exc()  # before a possible os._exit, which would swallow it
-        raise
     finally:
         if daemon.stuck:
             # The interpreter would wait at exit for the push threads that a hung share holds.
+            if sys.exc_info()[1] is not None:
+                traceback.print_exc()  # os._exit would swallow the crash
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
