@@ -6,9 +6,10 @@ A tree of D dirs x F files is mounted with bindfs (a FUSE filesystem, like a
 network share: files written behind it make no inotify event) and watched by
 `quiltsync run` with the defaults (watch = "auto", poll_seconds = 30). First
 against a bucket without versioning (every push is refused, nothing uploads):
-the daemon's CPU over at least three effective intervals of polling alone, the
-interval and a poll's CPU as the daemon reports them (`watch.interval`), its
-RSS; then, after a first push of every file (long: 100,000 files through FUSE
+a poll's CPU and the effective interval as the daemon reports them
+(`watch.interval`), their ratio (polling's share of a core), the process's CPU
+over at least three intervals (which also holds the refused push's retries),
+its RSS; then, after a first push of every file (long: 100,000 files through FUSE
 to moto), the latency from a write behind the mount to the revision holding it.
 Compare with the inotify figures of bench/daemon.py (latency, idle), run beside
 it by `make bench`.
@@ -130,12 +131,15 @@ def main() -> int:
     print(f"a walk that stats every file: {local_walk:.2f} s on the local disk, {fuse_walk:.2f} s through FUSE")
     print(f"each poll: {poll_cpu if poll_cpu is not None else 'under 0.6'} s of CPU; effective interval "
           f"{interval:.0f} s (poll_seconds 30)")
-    print(f"polling only: {share * 100:.2f}% of a core over {idle:.0f} s; RSS {rss:.0f} MB")
+    polls = poll_cpu / interval if poll_cpu is not None else 0.0
+    print(f"polling: {polls * 100:.2f}% of a core (a poll's CPU / the interval); the whole process "
+          f"{share * 100:.2f}% over {idle:.0f} s, with the refused push retried every 300 s (a full scan each); "
+          f"RSS {rss:.0f} MB")
     if lat:
         print(f"write behind the mount -> revision: {', '.join(f'{x:.0f}' for x in lat)} s "
               f"(expected one to two intervals plus the push of a {n}-file folder)")
-    met = share < 0.025
-    print(f"  {'met    ' if met else 'NOT met'} polling under ~2% of a core (2.5% with the daemon's own idle work)")
+    met = polls <= 0.021
+    print(f"  {'met    ' if met else 'NOT met'} polling under ~2% of a core")
     print("targets:", "met" if met else "NOT all met")
     return 0 if met else 1
 
