@@ -143,7 +143,7 @@ class Layout:
         every = ""
         if interval is not None:
             every = f" every {_seconds(interval)}"
-            if configured is not None and interval > configured * 1.01:
+            if configured is not None and is_stretched(interval, configured):
                 every += f" (stretched from {_seconds(configured)}: a poll costs more than 2% of a core)"
         out = []
         if self.events:
@@ -188,6 +188,11 @@ def plan_layout(mode: str, root: str, root_type: str, mounts: Iterable[Mount]) -
             taken.append(m.point)
             parts.append(Part(m.point[len(root.rstrip("/")) + 1:], m.fstype, True))
     return Layout(mode, tuple(parts), root)
+
+
+def is_stretched(interval: float, poll_seconds: float) -> bool:
+    """Whether polls run less often than configured (to stay under the CPU budget)."""
+    return interval > poll_seconds * 1.01
 
 
 def keep_polled(layout: Layout, previous: Layout) -> Layout:

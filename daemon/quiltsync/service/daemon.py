@@ -421,9 +421,8 @@ class Daemon:
                 continue
             if self.schedule.held(pkg) or self.schedule.blocked(pkg) or not futures.get(pkg, _DONE).done():
                 continue
-            hold = self.folders[pkg].root.waiting
             futures[pkg] = fut = self.pushes.pool.submit(self.folders[pkg].pusher.push, defer_moving=False,
-                                                         **({"hold": hold} if hold else {}))
+                                                         hold=self.folders[pkg].root.waiting)
             try:
                 fut.result(timeout=max(0.0, deadline - self.clock()))
             except Exception as e:

@@ -38,9 +38,8 @@ class Pushes:
             paths = None if start.batch.full else set(start.batch.paths)
             # changes on a share that have not stood still for a poll (as the last poll saw them)
             # stay out of this push, even if noted before: the poll hands them over again
-            hold: frozenset[str] = getattr(st.root, "waiting", frozenset())
-            extra = {"hold": hold} if hold else {}
-            fut = self.pool.submit(st.pusher.push, defer_moving=not start.overdue, paths=paths, **extra)
+            fut = self.pool.submit(st.pusher.push, defer_moving=not start.overdue, paths=paths,
+                                   hold=st.root.waiting)
             self.running[start.package] = (start, fut, st)
             fut.add_done_callback(self._poster(start.package))
 

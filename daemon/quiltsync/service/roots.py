@@ -14,8 +14,8 @@ caller reconciles it. A poll that fails, or stops answering, is reported
 (``watch.failed``) and the folder's pushes are blocked (a push would hang on
 the share too, or push an unmounted share as deleted) until a poll succeeds
 again (``watch.recovered``, then a full reconcile). When the mount table
-changes, every folder's layout is planned again (a share mounted inside a
-folder after the start is polled from then on). Without a watcher (in-process
+changes, the folders are planned again: a share mounted inside a folder after
+the start is polled from then on (one that left the table stays planned). Without a watcher (in-process
 tests), a root counts as watched when it is a directory.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quiltsync.config import FolderConfig
-from quiltsync.core.watchmode import NOT_ANSWERING, Layout, Mount, keep_polled
+from quiltsync.core.watchmode import NOT_ANSWERING, Layout, Mount, is_stretched, keep_polled
 from quiltsync.local.scanner import make_ignore_spec
 from quiltsync.service.health import CheckResult
 from quiltsync.service.polls import PollDone
@@ -95,14 +95,10 @@ class Roots:
         # answers, and which files are still being written
         self.hooks.block(f.package, FIRST_POLL if st.first_poll else None)
         before = installed_watches()
-        if lay.events:
-            try:  # inotify for the local part only: the watch stops at the polled mounts
-                self.watcher.watch(f.package, f.path, make_ignore_spec(f.ignore), [p.rel for p in lay.polled])
-            except OSError as e:
-                st.first_poll = False  # no poll starts: pushes go on as for any folder that cannot be watched
-                self.hooks.block(f.package, None)
-                self._failed(st, f"cannot watch {f.path}: {e.strerror or e}")
-                return
+        if lay.events and not self._watch_events(st, lay):
+            st.first_poll = False  # no poll starts: pushes go on as for any folder that cannot be watched
+            self.hooks.block(f.package, None)
+            return
         after = installed_watches()
         if lay.polled and self.polls is not None:
             st.interval = f.poll_seconds
@@ -118,13 +114,18 @@ class Roots:
         """After an inotify overflow: watchdog rebuilds its recursive watches only, so the
         watches around a folder's polled mounts (and directories made meanwhile) are set again."""
         lay = st.layout
-        if self.watcher is None or lay is None or not lay.events or not lay.polled or not st.watching:
-            return
+        if self.watcher is not None and lay is not None and lay.events and lay.polled and st.watching:
+            self._watch_events(st, lay)
+
+    def _watch_events(self, st: RootState, lay: Layout) -> bool:
+        """inotify for the local part only (the watch stops at the polled mounts); False: failed."""
         f = st.config
         try:
             self.watcher.watch(f.package, f.path, make_ignore_spec(f.ignore), [p.rel for p in lay.polled])
         except OSError as e:
             self._failed(st, f"cannot watch {f.path}: {e.strerror or e}")
+            return False
+        return True
 
     def _failed(self, st: RootState, problem: str) -> None:
         if st.problem != problem:
@@ -196,8 +197,8 @@ class Roots:
             self._poll_failed(st, f"cannot poll {st.config.path}: {done.error}")
             return
         f = st.config
-        stretched = done.interval > f.poll_seconds * 1.01
-        if st.interval is not None and stretched != (st.interval > f.poll_seconds * 1.01):
+        stretched = is_stretched(done.interval, f.poll_seconds)
+        if st.interval is not None and stretched != is_stretched(st.interval, f.poll_seconds):
             self.log.info("watch.interval", package=f.package, interval_s=round(done.interval, 1),
                           poll_seconds=f.poll_seconds, poll_cpu_s=round(done.cpu_seconds, 3),
                           detail="polls stretched to stay under 2% of a core" if stretched
