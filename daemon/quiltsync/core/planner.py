@@ -60,8 +60,7 @@ def plan_push(
 ) -> Plan:
     """``hash_file(logical_key, hash_type)`` hashes a local file like the base entry was."""
     plan = Plan()
-    for lk in sorted(scan):
-        st = scan[lk]
+    for lk, st in scan.items():
         entry = base.get(lk)
         if entry is None:
             plan.added.append(lk)
@@ -78,7 +77,9 @@ def plan_push(
             plan.refresh[lk] = local
         else:
             plan.modified.append(lk)
-    plan.deleted = sorted(set(base) - set(scan))
+    plan.deleted = sorted(base.keys() - scan.keys())
+    plan.added.sort()
+    plan.modified.sort()
     return plan
 
 

@@ -123,6 +123,8 @@ class PushResult:
     bytes_uploaded: int = 0
     duration_ms: int = 0
     changed_during_push: list[str] = field(default_factory=list)
+    manifest_bytes: int = 0  # the size of the manifest this push wrote
+    reused: int = 0  # files whose bytes were already in the bucket (renames, copies): not uploaded
 
     @property
     def pushed(self) -> bool:

@@ -33,16 +33,16 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quiltsync.config import FolderConfig
-from quiltsync.core.manifest import revision_meta, top_hash_of
+from quiltsync.core.manifest import ManifestWriter, revision_meta, top_hash_of
 from quiltsync.core.message import MessageValues, render
 from quiltsync.core.planner import Plan, hold_back, plan_push
 from quiltsync.core.safety import deletion_verdict
-from quiltsync.core.types import FileRecord, FileStat, HashValue, LastPush, PushResult, Revision
+from quiltsync.core.types import Entry, FileRecord, FileStat, HashValue, LastPush, PushResult, Revision
 from quiltsync.errors import (
     DeletionsHeld,
     NotVersioned,
@@ -59,7 +59,7 @@ from quiltsync.local.locks import package_lock
 from quiltsync.local.scanner import RootUnavailable, Scan, make_ignore_spec, rescan_paths, scan_folder
 from quiltsync.local.stillcopy import StillCopies
 from quiltsync.logs import get_logger
-from quiltsync.remote.registry import Registry, unpinned_keys
+from quiltsync.remote.registry import Registry, unpinned_keys, version_id_of
 
 __all__ = ["FolderPusher", "PushResult", "push_with_retries"]
 
@@ -91,6 +91,7 @@ class _Uploads:
     stats: dict[str, FileStat]
     skipped: list[str]  # vanished, still moving, or copies that could not be taken
     set_ns: int
+    reused: dict[str, Entry] = field(default_factory=dict)  # bytes already in the bucket: not uploaded
 
 
 class FolderPusher:
@@ -116,6 +117,7 @@ class FolderPusher:
         self._not_before = 0.0  # no push before this unix time (see _wait_for_next_second)
         self._hot: set[str] = set()  # keys that changed during an upload: pushed from still copies
         self._refusal: str | None = None  # the refusal last logged: logged once, until a pass succeeds
+        self._writer: ManifestWriter | None = None  # encodes only the entries that changed (core.manifest)
 
     @property
     def state_dir(self) -> Path:
@@ -347,41 +349,80 @@ class FolderPusher:
             out.stats[lk] = st
         return out
 
+    def _reuse(self, base: Base, uploads: _Uploads) -> None:
+        """Renames and copies without uploads: a file whose size and hash equal an
+        entry of the base revision gets that entry's physical key and version (quilt3
+        entries may point at any object version of the bucket); one local read, no
+        upload. Only pinned versions of this registry's bucket are reused (an
+        unpinned key would follow later writes). The torn-file guard still applies:
+        a file that changes before the publish aborts it, as an upload would."""
+        if base.revision is None or not uploads.sources:
+            return
+        sizes = {size for _src, size in uploads.sources.values()}
+        prefix = f"s3://{self.registry.bucket}/"
+        same: dict[tuple[int, HashValue], Entry] = {}
+        for e in base.revision.entries.values():
+            if e.size in sizes and e.physical_key.startswith(prefix) \
+                    and version_id_of(e.physical_key) not in (None, "null"):
+                same.setdefault((e.size, e.hash), e)
+        if not same:
+            return
+        types = {h.type for _size, h in same}
+        for lk, (source, size) in list(uploads.sources.items()):
+            for hash_type in types:
+                try:
+                    local = hashing.hash_like(source, hash_type)
+                except OSError:
+                    break  # unreadable now: the upload reports it
+                hit = same.get((size, local)) if local is not None else None
+                if hit is not None and local is not None:
+                    uploads.reused[lk] = Entry(local, size, hit.physical_key, None)
+                    del uploads.sources[lk]
+                    break
+
     def _publish(self, plan: Plan, scan: Scan, base: Base, started: float, recorded_ns: int,
                  uploads: _Uploads) -> PushResult:
-        counts = {"added": sum(k in uploads.sources for k in plan.added),
-                  "modified": sum(k in uploads.sources for k in plan.modified),
+        self._reuse(base, uploads)
+        setting = uploads.sources.keys() | uploads.reused.keys()
+        counts = {"added": sum(k in setting for k in plan.added),
+                  "modified": sum(k in setting for k in plan.modified),
                   "deleted": len(plan.deleted)}
         before = base.revision.entries if base.revision else {}
-        files = len((set(before) - set(plan.deleted)) | set(uploads.sources))
+        files = len(before) + sum(k not in before for k in setting) - sum(k in before for k in plan.deleted)
         message = render(self.folder.message, MessageValues(
             socket.gethostname(), self.folder.package, str(self.folder.path), files=files, when=self.clock(),
             **counts))
         meta = self._revision_meta(base, message, uploads, plan.deleted)
         self._wait_for_next_second(base.recorded)
         self.log.info("push.started", uploads=len(uploads.sources), deletes=len(plan.deleted),
-                      parent_top_hash=base.top_hash)
+                      reused=len(uploads.reused), parent_top_hash=base.top_hash)
 
         def changed_sources() -> list[str]:
             return sorted(lk for lk, path in uploads.direct.items() if _stat_or_none(path) != uploads.stats[lk])
 
+        if self._writer is None:
+            self._writer = self.registry.manifest_writer()
         try:
-            new = self.registry.push(self.folder.package, base.revision, uploads.sources, plan.deleted,
-                                     message=message, meta=meta, changed_sources=changed_sources)
+            published = self.registry.push(self.folder.package, base.revision, uploads.sources, plan.deleted,
+                                           message=message, meta=meta, writer=self._writer,
+                                           reused=uploads.reused, changed_sources=changed_sources,
+                                           hash_source=hashing.chunked_sha256)
         except SourceChanged as e:
             self._hot.update(e.keys)
             self.log.warning("push.aborted", keys=e.keys[:20], count=len(e.keys),
                              detail="files changed while being uploaded; nothing was published; "
                                     "they are pushed from a still copy next round")
             return self._no_push(base, scan, sorted([*e.keys, *uploads.skipped]))
+        new = published.revision
         self._hot.difference_update(uploads.sources)
         self._refusal = None
         changed = [lk for lk, st in uploads.stats.items() if _stat_or_none(self.folder.path / lk) != st]
         self._commit(new, base, plan, scan, uploads, recorded_ns)
         result = PushResult(
             self.folder.package, self.folder.registry, new.top_hash, base.top_hash,
-            files=len(new.entries), bytes_uploaded=sum(st.size for st in uploads.stats.values()),
+            files=len(new.entries), bytes_uploaded=sum(size for _src, size in uploads.sources.values()),
             duration_ms=_ms_since(started), changed_during_push=sorted([*changed, *uploads.skipped]), **counts,
+            manifest_bytes=published.manifest_bytes, reused=len(uploads.reused),
         )
         self._report(result, new, uploads, plan.hashed)
         return result
@@ -389,12 +430,18 @@ class FolderPusher:
     # -- 6. commit ---------------------------------------------------------------------
     def _commit(self, new: Revision, base: Base, plan: Plan, scan: Scan, uploads: _Uploads,
                 recorded_ns: int) -> None:
-        files = self._files_after(new, base, plan, scan, uploads.stats, uploads.set_ns, recorded_ns)
         last = self._last_push(new, self.clock(), scan.root_dev)
         if base.trusted:
-            upserts = {lk: files[lk] for lk in (*uploads.sources, *plan.refresh)}
+            # base.files are the base revision's entries: only what this push set changes
+            upserts = {lk: FileRecord(st, uploads.set_ns, new.entries[lk]) for lk, st in uploads.stats.items()}
+            upserts.update({lk: FileRecord(scan.files[lk], recorded_ns, new.entries[lk]) for lk in plan.refresh})
+            files = base.files  # resolve_base() made it this pass's own copy
+            for lk in plan.deleted:
+                files.pop(lk, None)
+            files.update(upserts)
             self.index.commit(last, upserts, plan.deleted)
         else:
+            files = self._files_after(new, base, plan, scan, uploads.stats, uploads.set_ns, recorded_ns)
             self.index.commit(last, files, replace_all=True)
         self._last = Base(new, files, True, None)
 
@@ -402,8 +449,9 @@ class FolderPusher:
         self.log.info("push.completed", top_hash=result.top_hash, parent_top_hash=result.parent_top_hash,
                       added=result.added, modified=result.modified, deleted=result.deleted,
                       files=result.files, bytes_uploaded=result.bytes_uploaded,
-                      duration_ms=result.duration_ms, hashed=hashed)
-        unpinned = unpinned_keys({lk: new.entries[lk] for lk in uploads.sources if lk in new.entries})
+                      duration_ms=result.duration_ms, hashed=hashed, reused=result.reused,
+                      manifest_bytes=result.manifest_bytes)
+        unpinned = unpinned_keys({lk: new.entries[lk] for lk in uploads.stats if lk in new.entries})
         if unpinned:
             self.log.warning("health.failed", check="manifest_pinned", top_hash=new.top_hash,
                              detail=f"{len(unpinned)} pushed entries have no versionId "

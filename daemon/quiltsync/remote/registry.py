@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quiltsync.core.manifest import ManifestError
+from quiltsync.core.manifest import ManifestError, ManifestWriter
 from quiltsync.core.manifest import parse_manifest as parse_manifest_bytes
 from quiltsync.core.types import Entry, HashValue, Revision
 from quiltsync.errors import (
@@ -39,7 +39,7 @@ settings.import_quilt3()  # the environment quilt3 reads at import, set first (s
 
 import botocore.exceptions as bce  # noqa: E402
 import quilt3  # noqa: E402
-from quilt3.packages import PackageEntry, PackageRevInfo  # noqa: E402
+from quilt3 import checksums  # noqa: E402
 from quilt3.util import PhysicalKey, QuiltConflictException, QuiltException  # noqa: E402
 
 # Error codes after which retrying the same request cannot help.
@@ -77,31 +77,12 @@ class ObjectVersion:
     latest: bool
 
 
-class _Stamped(quilt3.Package):
-    """A package whose workflow was checked before its uploads (remote/workflows.py):
-    quilt3's push takes the stamp from that check instead of reading the bucket's
-    workflows config again after the check, so what was validated is what is written."""
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A revision this process wrote, and the size of its manifest."""
 
-    def _validate_with_workflow(self, *, registry: Any, workflow: Any, name: str, message: str | None) -> None:
-        self._workflow = workflow  # the stamp dict, or None: no workflow
-
-
-def _package(meta: dict, entries: Mapping[str, Entry]) -> quilt3.Package:
-    pkg = _Stamped()
-    pkg._meta = dict(meta)
-    for lk, e in entries.items():
-        pkg._set(lk, PackageEntry(PhysicalKey.from_url(e.physical_key), e.size,
-                                  e.hash.as_manifest(), e.meta))
-    return pkg
-
-
-def _entries_of(pkg: quilt3.Package, only: Collection[str] | None = None) -> dict[str, Entry]:
-    pairs = pkg.walk() if only is None else ((lk, pkg[lk]) for lk in only)
-    return {
-        lk: Entry(HashValue(e.hash["type"], e.hash["value"]), e.size, str(e.physical_key),
-                      dict(e._meta) if e._meta else None)
-        for lk, e in pairs
-    }
+    revision: Revision
+    manifest_bytes: int
 
 
 def describe(e: BaseException) -> str:
@@ -366,30 +347,32 @@ class Registry:
         name: str,
         base: Revision | None,
         uploads: Mapping[str, tuple[Path, int]],
-        deletes: list[str],
+        deletes: Collection[str],
         *,
         message: str | None,
         meta: Mapping[str, Any],
+        writer: ManifestWriter,
+        reused: Mapping[str, Entry] | None = None,
         changed_sources: Callable[[], list[str]] | None = None,
-    ) -> Revision:
-        """Push ``base`` with ``uploads`` (logical key -> (local file, size)) and
-        ``deletes`` removed, as a revision with the package metadata ``meta``
-        (``user_meta``, and ``workflow``: the stamp of ``workflow_stamp``).
+        hash_source: Callable[[Path], HashValue] | None = None,
+    ) -> Published:
+        """Publish ``base`` with ``uploads`` (logical key -> (local file, size)) and
+        ``reused`` entries set and ``deletes`` removed, as a revision with the package
+        metadata ``meta`` (``user_meta``, and ``workflow``: the stamp of
+        ``workflow_stamp``) and the commit message ``message``.
 
-        After the uploads and before the manifest is written, ``changed_sources()``
-        names files that changed meanwhile (quilt3 stores what it read, sized as
-        recorded: a torn or truncated object); if any, nothing is published and
-        SourceChanged is raised. Fails with PushConflict when `latest` is no longer
-        ``base`` (another writer). Returns the new revision.
+        What quilt3's ``Package.push`` does, with its own parts where they are
+        sound, and the manifest built by ``writer`` from the changed entries only
+        (docs/design.md, "The push path"): check that `latest` is still ``base``
+        (PushConflict otherwise); upload the files with quilt3's ``copy_file_list``
+        (entries: the versioned physical key and the SHA-256 checksum S3 answers);
+        after the uploads, ``changed_sources()`` names files that changed meanwhile
+        (quilt3 stores what it read, sized as recorded: a torn object), and if any,
+        nothing is published (SourceChanged); check `latest` again; write the
+        manifest, the timestamp pointer and `latest`, in that order (a reader never
+        sees a pointer to a manifest that is not there).
         """
         from quilt3.data_transfer import copy_file_list
-
-        def copy_then_check(file_list: Any, *args: Any, **kwargs: Any) -> Any:
-            results = copy_file_list(file_list, *args, **kwargs)
-            changed = changed_sources() if changed_sources else []
-            if changed:
-                raise SourceChanged(changed)
-            return results
 
         self._check_active()
         if base is not None and base.registry != self.identity:
@@ -397,23 +380,56 @@ class Registry:
             # revision of another registry, this one would point at bytes it has not.
             raise PermanentError(f"refusing to push {name} to {self.identity} on a revision read from "
                                  f"{base.registry or 'an unknown registry'}; this is a bug")
-        pkg = _package({k: v for k, v in meta.items() if k != "workflow"}, base.entries if base else {})
-        if base is not None:
-            pkg._origin = PackageRevInfo(self.url, name, base.top_hash)
-        with mapped_errors(f"pushing {name} to {self.url}"):
-            for lk, (path, size) in uploads.items():
-                pkg._set(lk, PackageEntry(PhysicalKey.from_path(str(path)), size, None, None))
-            for lk in deletes:
-                pkg.delete(lk)
-            # _push(print_info=False): the public push() prints, and to print the
-            # short hash it LISTs all of .quilt/packages/ (grows with history).
-            new = pkg._push(name, self.url, None, message, None, workflow=meta.get("workflow"),
-                            print_info=False, force=False, dedupe=False,
-                            copy_file_list_fn=copy_then_check)
-        # Unchanged entries are the base's: only read back what this push set.
-        entries = {lk: e for lk, e in (base.entries if base else {}).items() if lk not in deletes}
-        entries.update(_entries_of(new, uploads))
-        return Revision(new.top_hash, dict(new._meta), entries, self.identity)
+        expected = base.top_hash if base is not None else None
+        what = f"pushing {name} to {self.url}"
+        entries = dict(base.entries) if base is not None else {}
+        for lk in deletes:
+            entries.pop(lk, None)
+        entries.update(reused or {})
+        with mapped_errors(what):
+            self._check_latest(name, expected)
+            keys = list(uploads)
+            file_list = [(PhysicalKey.from_path(str(uploads[lk][0])),
+                          PhysicalKey(self.bucket, f"{name}/{lk}", None), uploads[lk][1]) for lk in keys]
+            results = copy_file_list(file_list, message="Copying objects") if file_list else []
+            changed = changed_sources() if changed_sources else []
+            if changed:
+                raise SourceChanged(changed)
+            for lk, (versioned, checksum) in zip(keys, results, strict=True):
+                path, size = uploads[lk]
+                if checksum is not None:
+                    digest = HashValue(checksums.DEFAULT_HASH, checksum)
+                elif hash_source is not None:
+                    digest = hash_source(path)
+                else:
+                    raise PermanentError(f"{what}: S3 returned no checksum for {lk!r}")
+                entries[lk] = Entry(digest, size, str(versioned), None)
+            header = {**meta, "message": message}
+            try:
+                built = writer.build(header, entries)
+            except ManifestError as e:
+                raise PermanentError(f"{what}: {e}") from None
+            self._check_latest(name, expected)  # again, just before writing: as quilt3 does
+            root = ".quilt/named_packages/" + name
+            self.s3.put_object(Bucket=self.bucket, Key=f".quilt/packages/{built.top_hash}", Body=built.data)
+            pointer = built.top_hash.encode()
+            self.s3.put_object(Bucket=self.bucket, Key=f"{root}/{int(time.time())}", Body=pointer)
+            self.s3.put_object(Bucket=self.bucket, Key=f"{root}/latest", Body=pointer)
+        return Published(Revision(built.top_hash, header, entries, self.identity), len(built.data))
+
+    @staticmethod
+    def manifest_writer() -> ManifestWriter:
+        """A manifest writer with quilt3's record size limit (QUILT_MANIFEST_MAX_RECORD_SIZE)."""
+        from quilt3.packages import MANIFEST_MAX_RECORD_SIZE
+
+        return ManifestWriter(MANIFEST_MAX_RECORD_SIZE)
+
+    def _check_latest(self, name: str, expected: str | None) -> None:
+        """PushConflict unless `latest` is ``expected`` (or absent: a first push)."""
+        latest = self.latest(name)
+        if latest is not None and latest != expected:
+            raise PushConflict(f"pushing {name} to {self.url}: package with hash {latest!r} already exists at "
+                               f"the destination; expected {expected!r}")
 
     # -- restore ---------------------------------------------------------------
     def fetch(self, name: str, revision: Revision, dest: Path, *, use_cache: bool = True) -> dict[str, str]:
