@@ -324,3 +324,89 @@ def test_a_file_still_being_written_is_pushed_from_a_still_copy(setup: Setup, lo
     assert manifest_files(setup, result.top_hash) == {"log.txt": b"1" * 4000}
     again = pusher.push()
     assert manifest_files(setup, again.top_hash)["log.txt"] == (setup.folder / "log.txt").read_bytes()
+
+
+# -- cost that follows the change (issue 13) ---------------------------------------------
+def test_a_renamed_directory_uploads_no_data_and_restores_byte_for_byte(setup: Setup, local_s3, tmp_path) -> None:
+    """Renaming a directory of 200 files: every entry points at the object versions
+    already in the bucket (0 data uploads), and the revision restores the same bytes."""
+    from quiltsync.engine.restore import restore
+
+    (setup.folder / "run1").mkdir()
+    files = {f"run1/f{i:03d}.dat": os.urandom(300 + i) for i in range(200)}
+    for lk, data in files.items():
+        (setup.folder / lk).write_bytes(data)
+    pusher = setup.pusher()
+    first = pusher.push()
+    (setup.folder / "run1").rename(setup.folder / "run-2025")
+    local_s3.reset_requests()
+    second = pusher.push()
+    assert _object_puts(local_s3.requests) == []
+    assert (second.added, second.deleted, second.reused, second.bytes_uploaded) == (200, 200, 200, 0)
+    old = setup.registry_api().revision(setup.package, first.top_hash).entries
+    new = setup.registry_api().revision(setup.package, second.top_hash).entries
+    assert {new[f"run-2025/{lk[5:]}"].physical_key for lk in files} == {old[lk].physical_key for lk in files}
+    report = restore(setup.registry_api(), setup.package, second.top_hash, tmp_path / "out")
+    assert report.verified == 200
+    assert {lk: (tmp_path / "out" / "run-2025" / lk[5:]).read_bytes() for lk in files} == files
+
+
+def test_a_copied_file_reuses_its_version_but_a_same_size_other_file_is_uploaded(setup: Setup, local_s3) -> None:
+    """A copy is matched by size and hash, never by size alone."""
+    big = os.urandom(9 * 1024 * 1024)
+    (setup.folder / "model.bin").write_bytes(big)
+    pusher = setup.pusher()
+    pusher.push()
+    (setup.folder / "model-copy.bin").write_bytes(big)
+    (setup.folder / "other.bin").write_bytes(os.urandom(len(big)))
+    local_s3.reset_requests()
+    result = pusher.push()
+    puts = {r.path.split("?")[0] for r in local_s3.requests if r.method in ("PUT", "POST") and not r.is_quilt_metadata}
+    assert puts == {f"/{setup.registry[5:]}/team/data/other.bin"}
+    assert (result.added, result.reused) == (2, 1)
+    got = manifest_files(setup, result.top_hash)
+    assert got["model-copy.bin"] == big == got["model.bin"]
+
+
+def test_plain_quilt3_browses_verifies_and_installs_what_quiltsync_wrote(setup: Setup, tmp_path) -> None:
+    """The manifest is quilt3's own: its bytes are what quilt3 dumps for the revision
+    it browses, quilt3's verify accepts the folder, and install restores old bytes."""
+    import io
+
+    import quilt3
+
+    _fill(setup.folder, n=30)
+    (setup.folder / "ünï côdé" / "a b").mkdir(parents=True)
+    (setup.folder / "ünï côdé" / "a b" / "x+y=z.csv").write_text("1,2\n")
+    pusher = setup.pusher()
+    first = pusher.push()
+    old = (setup.folder / "file-003.bin").read_bytes()
+    (setup.folder / "file-003.bin").write_bytes(b"new bytes")
+    (setup.folder / "file-004.bin").unlink()
+    second = pusher.push()
+    assert second.manifest_bytes > 0
+    pkg = quilt3.Package.browse(setup.package, setup.registry, top_hash=second.top_hash)
+    assert pkg.top_hash == second.top_hash
+    dumped = io.BytesIO()
+    pkg.dump(dumped)
+    stored = setup.registry_api().manifest_bytes(second.top_hash)
+    assert dumped.getvalue() == stored and len(stored) == second.manifest_bytes
+    assert pkg.verify(str(setup.folder), extra_files_ok=False)
+    quilt3.Package.install(setup.package, setup.registry, top_hash=first.top_hash, dest=str(tmp_path / "old"))
+    assert (tmp_path / "old" / "file-003.bin").read_bytes() == old
+    assert (tmp_path / "old" / "ünï côdé" / "a b" / "x+y=z.csv").read_text() == "1,2\n"
+
+
+def test_new_files_of_the_same_sizes_do_not_excuse_a_mass_deletion(setup: Setup) -> None:
+    """Only bytes that come back count as moved: other content of the same size is a
+    deletion plus new files, and the guard holds it."""
+    from quiltsync.errors import DeletionsHeld
+
+    _fill(setup.folder, n=20)
+    pusher = setup.pusher()
+    pusher.push()
+    for i in range(20):
+        (setup.folder / f"file-{i:03d}.bin").unlink()
+        (setup.folder / f"other-{i:03d}.bin").write_bytes(os.urandom(2048))
+    with pytest.raises(DeletionsHeld, match="delete 20 of 20"):
+        pusher.push()

@@ -243,17 +243,46 @@ class FolderPusher:
     def _check_safe(self, plan: Plan, scan: Scan, base: Base, allow_deletes: bool) -> None:
         """Stop before a push that would drop data by accident; the folder is held."""
         recorded = base.recorded
-        held = deletion_verdict(
-            package=self.folder.package, folder=str(self.folder.path), base_top_hash=base.top_hash,
-            base_files=len(base.revision.entries) if base.revision else 0, scanned_files=len(scan.files),
-            deleted=plan.deleted, recorded_root_dev=recorded.root_dev if recorded else 0,
-            root_dev=scan.root_dev, max_delete_fraction=self.folder.max_delete_fraction,
-            allow_deletes=allow_deletes)
+
+        def verdict(deleted: list[str]) -> Any:
+            return deletion_verdict(
+                package=self.folder.package, folder=str(self.folder.path), base_top_hash=base.top_hash,
+                base_files=len(base.revision.entries) if base.revision else 0, scanned_files=len(scan.files),
+                deleted=deleted, recorded_root_dev=recorded.root_dev if recorded else 0,
+                root_dev=scan.root_dev, max_delete_fraction=self.folder.max_delete_fraction,
+                allow_deletes=allow_deletes)
+
+        held = verdict(plan.deleted)
+        if held is not None and plan.added and base.revision is not None:
+            # a renamed folder deletes nothing: its bytes come back under the new names
+            moved = self._moved(plan, scan, base.revision.entries)
+            if moved:
+                held = verdict([k for k in plan.deleted if k not in moved])
         if held is None:
             return
         self.index.set_hold(self.folder.package, held.reason, time.time())
         self._refused(held.reason, deleted=held.deleted, files=held.files)
         raise DeletionsHeld(f"{self.folder.package}: {held.reason}")
+
+    def _moved(self, plan: Plan, scan: Scan, entries: dict[str, Entry]) -> set[str]:
+        """Deleted keys whose bytes an added file has (same size and hash): moved, not lost."""
+        gone: dict[tuple[int, HashValue], list[str]] = {}
+        for lk in plan.deleted:
+            e = entries[lk]
+            gone.setdefault((e.size, e.hash), []).append(lk)
+        sizes = {size for size, _h in gone}
+        types = {h.type for _size, h in gone}
+        moved: set[str] = set()
+        for lk in plan.added:
+            size = scan.files[lk].size
+            if size not in sizes:
+                continue
+            for hash_type in types:
+                local = self._hash_file(lk, hash_type)
+                if local is not None and (size, local) in gone:
+                    moved.update(gone[(size, local)])
+                    break
+        return moved
 
     def _refused(self, reason: str, **fields: object) -> None:
         """Log ``push.refused`` once per reason: a retry that is refused again for
