@@ -246,3 +246,55 @@ def test_the_daemon_records_health_for_status_and_its_status_line(setup: Setup, 
     finally:
         d.kill()
         sock.close()
+
+
+def _manifest_reads(requests) -> list[str]:
+    return [f"{r.method} {r.path}" for r in requests if "/.quilt/packages/" in r.path]
+
+
+def test_health_reads_no_manifest_of_a_revision_quiltsync_pushed(setup: Setup, local_s3) -> None:
+    """The latest revision is the one the index records: the checks answer from the
+    index (no manifest GET); an older revision is read once, then only HEADed; a
+    revision someone else pushed is read; a version deleted from the older
+    revision is still found."""
+    import quilt3
+
+    from quiltsync.local.index import Index
+    from quiltsync.service.health import run_all
+
+    for i in range(30):  # within one sample (32): every run checks them all
+        (setup.folder / f"f{i:02d}.txt").write_text(f"file {i}")
+    pusher = setup.pusher()
+    first = pusher.push()
+    (setup.folder / "f00.txt").write_text("changed")
+    second = pusher.push()
+    index = Index(setup.state_dir / "index.sqlite3")
+    local_s3.reset_requests()
+    results = {r.check: r for r in run_all(setup.config(), index=index)}
+    assert results["manifest_pinned"].status == "ok", results["manifest_pinned"]
+    assert second.top_hash[:12] in results["manifest_pinned"].detail
+    reads = _manifest_reads(local_s3.requests)
+    assert reads == [f"HEAD /{setup.registry[5:]}/.quilt/packages/{first.top_hash}",
+                     f"GET /{setup.registry[5:]}/.quilt/packages/{first.top_hash}"], reads
+    local_s3.reset_requests()
+    assert all(r.status == "ok" for r in run_all(setup.config(), index=index) if r.check == "manifest_pinned")
+    assert _manifest_reads(local_s3.requests) == [f"HEAD /{setup.registry[5:]}/.quilt/packages/{first.top_hash}"]
+
+    # the older revision's versions are sampled from its cached manifest: a deleted one is found
+    old = setup.registry_api().revision(setup.package, first.top_hash).entries
+    bucket = setup.registry[len("s3://"):]
+    c = local_s3.client()
+    for lk, e in old.items():
+        if lk != "f00.txt":
+            continue
+        c.delete_object(Bucket=bucket, Key=f"{setup.package}/{lk}", VersionId=e.physical_key.split("versionId=")[1])
+    gone = next(r for r in run_all(setup.config(), index=index) if r.check == "manifest_pinned")
+    assert gone.status == "fail" and "'f00.txt'" in gone.detail and first.top_hash[:12] in gone.detail, gone
+
+    # someone else moves latest: its manifest is read (the index does not know it)
+    pkg = quilt3.Package.browse(setup.package, setup.registry)
+    pkg.set("extra.txt", str(setup.folder / "f01.txt"))
+    theirs = pkg.push(setup.package, setup.registry, message="by hand", force=True).top_hash
+    local_s3.reset_requests()
+    run_all(setup.config(), index=index)
+    assert f"GET /{setup.registry[5:]}/.quilt/packages/{theirs}" in _manifest_reads(local_s3.requests)

@@ -151,7 +151,7 @@ TestEditedPackage.settings = settings(max_examples=60, stateful_step_count=25, d
 
 def test_a_record_over_quilt3s_limit_is_refused_with_the_key_named() -> None:
     big = Entry(HashValue("SHA256", "0" * 64), 1, "s3://bkt/k?versionId=v", {"user_meta": {"x": "y" * 2000}})
-    with pytest.raises(ManifestError, match="'huge.csv'.*at most 1000"):
+    with pytest.raises(ManifestError, match=r"'huge\.csv'.*at most 1000"):
         ManifestWriter(max_record_bytes=1000).build({"version": "v0"}, {"huge.csv": big})
 
 

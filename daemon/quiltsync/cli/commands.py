@@ -142,7 +142,7 @@ def check(ctx: Context) -> int:
     from quiltsync.service.health import CheckResult, run_all
 
     ctx.emit(f"ok    config           {ctx.config_path}: {len(ctx.config.folder)} folder(s)")
-    results = run_all(ctx.config)
+    results = run_all(ctx.config, index=ctx.index())
     holds = ctx.index().holds()
     results += [CheckResult("stuck", f.package, "fail", f"held: {holds[f.package][0]}")
                 for f in ctx.config.folder if f.package in holds]

@@ -135,6 +135,22 @@ class Catalog:
         self._parsed[top_hash] = rev
         return rev
 
+    def manifest_current(self, top_hash: str) -> bytes:
+        """A manifest's bytes as S3 has them now: from the cache while its ETag (one
+        HEAD, no body) is the one cached, else read once and cached. For readers of a
+        few lines (the health checks' sample), which need the current physical keys
+        but not every entry parsed; the bytes are those verified when cached."""
+        etag = self.registry.manifest_etag(top_hash)
+        if etag is None:
+            raise PermanentError(f"no manifest s3://{self.registry.bucket}/.quilt/packages/{top_hash}")
+        data = self.cache.manifest(self.identity, top_hash, etag)
+        if data is not None:
+            return data
+        data, etag = self.registry.manifest_object(top_hash)
+        self.registry.parse_revision(top_hash, data)  # verify before caching
+        self.cache.put_manifest(self.identity, top_hash, data, etag)
+        return data
+
     def _cached(self, top_hash: str, data: bytes | None) -> Revision | None:
         """Cached manifest bytes as a revision (None: none, or they do not verify)."""
         if data is None:

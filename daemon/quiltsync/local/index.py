@@ -193,6 +193,27 @@ class Index:
             )
         }
 
+    def pinned_count(self, package: str) -> int:
+        """How many recorded entries of a package carry a versionId."""
+        return int(self.db.execute("SELECT count(*) FROM entry WHERE package = ? AND physical_key LIKE "
+                                   "'%?versionId=%'", (package,)).fetchone()[0])
+
+    def pinned_page(self, package: str, start: int, count: int) -> list[tuple[str, str]]:
+        """(logical key, physical key) of pinned entries ``start`` .. ``start + count``
+        in logical key order: a slice for the health checks' rotating sample, read
+        without loading the package's rows."""
+        return [(str(lk), str(pk)) for lk, pk in self.db.execute(
+            "SELECT logical_key, physical_key FROM entry WHERE package = ? AND physical_key LIKE "
+            "'%?versionId=%' ORDER BY logical_key LIMIT ? OFFSET ?", (package, count, start))]
+
+    def unpinned_candidates(self, package: str) -> list[tuple[str, str]]:
+        """(logical key, physical key) of entries that may lack a usable versionId
+        (none, empty or "null"; the caller decides exactly)."""
+        return [(str(lk), str(pk)) for lk, pk in self.db.execute(
+            "SELECT logical_key, physical_key FROM entry WHERE package = ? AND (physical_key NOT LIKE "
+            "'%?versionId=%' OR physical_key LIKE '%versionId=null%' OR physical_key LIKE '%versionId=&%' "
+            "OR physical_key LIKE '%versionId=') ORDER BY logical_key", (package,))]
+
     def commit(
         self,
         last: LastPush,

@@ -199,6 +199,17 @@ class Registry:
                                  "was deleted, or the top_hash is not of this registry")
         return got
 
+    def manifest_etag(self, top_hash: str) -> str | None:
+        """The ETag of a manifest (a HEAD: no body), or None when it is gone."""
+        key = f".quilt/packages/{top_hash}"
+        with mapped_errors(f"reading s3://{self.bucket}/{key}"):
+            try:
+                return str(self.s3.head_object(Bucket=self.bucket, Key=key).get("ETag", ""))
+            except bce.ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+
     def manifest_version(self, top_hash: str, version_id: str) -> bytes:
         """One object version of a manifest (a rewrite of the same top_hash keeps the
         older versions, which older readers' physical keys came from)."""

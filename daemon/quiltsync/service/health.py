@@ -22,9 +22,10 @@ from typing import Any
 from quiltsync.config import Config, FolderConfig
 from quiltsync.core.manifest import revision_meta
 from quiltsync.core.message import MessageValues, render
-from quiltsync.core.types import Revision
+from quiltsync.core.types import Entry, Revision
 from quiltsync.core.watchmode import NOT_ANSWERING, Layout, is_remote
 from quiltsync.errors import QuiltsyncError, WorkflowRefused
+from quiltsync.local.index import Index
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +44,11 @@ ENTRIES_SCAN_SECONDS = 60.0  # the workflow check's scan for an entries_schema, 
 
 
 def run_all(config: Config, *, installed_watches: Callable[[], int] | None = None,
-            layouts: Mapping[str, Layout] | None = None) -> list[CheckResult]:
+            layouts: Mapping[str, Layout] | None = None, index: Index | None = None) -> list[CheckResult]:
     """Every check; ``installed_watches`` counts the daemon's inotify watches and ``layouts``
-    says how it watches each folder (both None: not a daemon)."""
+    says how it watches each folder (both None: not a daemon). ``index``: the state
+    directory's index, which answers for a latest revision that quiltsync pushed (or
+    recorded) instead of a download of its manifest."""
     out: list[CheckResult] = []
     reachable = set()
     for bucket, folders in _by_bucket(config.folder).items():
@@ -57,7 +60,7 @@ def run_all(config: Config, *, installed_watches: Callable[[], int] | None = Non
             out.append(check_lifecycle(bucket, folders))
             workflows = _read_workflows(bucket)
             for f in folders:
-                latest = _latest(f)
+                latest = _latest(f, index)
                 out.append(check_manifest_pinned(f, latest))
                 out.append(check_workflow(f, workflows, latest))
     out.append(check_credentials())
@@ -104,14 +107,57 @@ def check_versioning(bucket: str, folders: list[FolderConfig]) -> CheckResult:
                           "; pushes are refused until then"))
 
 
-def _latest(folder: FolderConfig) -> Revision | QuiltsyncError | None:
-    """The package's latest revision, read once for the checks that need it."""
+@dataclass(frozen=True, slots=True)
+class Latest:
+    """What the checks need of a package's latest revision, without holding its entries:
+    a revision this process pushed or recorded is answered by the index (SQL slices),
+    any other is read from S3."""
+
+    top_hash: str
+    meta: dict[str, Any]
+    files: int
+    unpinned: list[str]  # logical keys without a usable versionId, sorted
+    pinned: int
+    page: Callable[[int, int], list[tuple[str, str]]]  # pinned (logical key, physical key), in key order
+    entries: Callable[[], Mapping[str, Entry]]  # every entry (only where a workflow's entries schema asks)
+    source: str  # "index" | "manifest"
+
+
+def _latest(folder: FolderConfig, index: Index | None) -> Latest | QuiltsyncError | None:
+    """The package's latest revision, as the index records it when `latest` is the
+    revision the index records (one GET of the pointer: no manifest), else read once."""
     from quiltsync.remote.registry import Registry
 
     try:
-        return Registry(folder.registry).latest_revision(folder.package)
+        reg = Registry(folder.registry)
+        top = reg.latest(folder.package)
+        if top is None:
+            return None
+        last = index.last_push(folder.package) if index is not None else None
+        if index is not None and last is not None and last.top_hash == top and last.registry == reg.identity:
+            return _from_index(index, folder.package, last.top_hash, last.meta)
+        return _from_revision(reg.revision(folder.package, top))
     except QuiltsyncError as e:
         return e
+
+
+def _from_index(index: Index, package: str, top_hash: str, meta: dict[str, Any]) -> Latest:
+    from quiltsync.remote.registry import version_id_of
+
+    unpinned = [lk for lk, pk in index.unpinned_candidates(package) if version_id_of(pk) in (None, "null")]
+    pinned = index.pinned_count(package)
+    return Latest(top_hash, meta, pinned + len(unpinned), unpinned, pinned,
+                  partial(index.pinned_page, package),
+                  lambda: {lk: r.entry for lk, r in index.files(package).items()}, "index")
+
+
+def _from_revision(rev: Revision) -> Latest:
+    from quiltsync.remote.registry import unpinned_keys, version_id_of
+
+    pinned = sorted((lk, e.physical_key) for lk, e in rev.entries.items()
+                    if version_id_of(e.physical_key) not in (None, "null"))
+    return Latest(rev.top_hash, rev.meta, len(rev.entries), unpinned_keys(rev.entries), len(pinned),
+                  lambda start, n: pinned[start:start + n], lambda: rev.entries, "manifest")
 
 
 def _read_workflows(bucket: str) -> Any:
@@ -123,19 +169,17 @@ def _read_workflows(bucket: str) -> Any:
         return e
 
 
-def check_manifest_pinned(folder: FolderConfig, rev: Revision | QuiltsyncError | None) -> CheckResult:
-    from quiltsync.remote.registry import unpinned_keys
-
+def check_manifest_pinned(folder: FolderConfig, rev: Latest | QuiltsyncError | None) -> CheckResult:
     target = folder.package
     if isinstance(rev, QuiltsyncError):
         return CheckResult("manifest_pinned", target, "fail", f"cannot read the latest manifest: {rev}")
     if rev is None:
         return CheckResult("manifest_pinned", target, "ok", "no revision yet")
-    bad = unpinned_keys(rev.entries)
+    bad = rev.unpinned
     if not bad:
         return _sampled(folder, rev, int(time.time() // _SAMPLE_SLOT_S))
     return CheckResult("manifest_pinned", target, "fail",
-                       f"latest {rev.top_hash[:12]}: {len(bad)} of {len(rev.entries)} entries have no "
+                       f"latest {rev.top_hash[:12]}: {len(bad)} of {rev.files} entries have no "
                        f"versionId (first: {bad[0]!r}); it was pushed without versioning and cannot be "
                        "restored exactly; the next push re-pins changed files only")
 
@@ -144,33 +188,33 @@ _SAMPLE = 32  # object versions HEADed per revision per health run
 _SAMPLE_SLOT_S = 60.0  # the rotation advances once a minute: every version is checked within N/32 runs
 
 
-def _sampled(folder: FolderConfig, latest: Revision, slot: int) -> CheckResult:
+def _sampled(folder: FolderConfig, latest: Latest, slot: int) -> CheckResult:
     """HEAD a rotating slice of the pinned object versions of the latest revision and
     of one older revision still in history (a different one each run): a version
     deleted behind quiltsync's back (by hand, by a lifecycle rule) is found before
     anyone needs it. Each version of a revision is checked within
-    ceil(entries / 32) runs."""
+    ceil(entries / 32) runs. The latest's slice comes from the index when quiltsync
+    pushed it; an older manifest is read once into the revision cache and then only
+    HEADed for its ETag, and only the sampled lines of it are parsed."""
     from quiltsync.engine.catalog import Catalog
-    from quiltsync.remote.registry import Registry, version_id_of
+    from quiltsync.remote.registry import Registry
 
     reg = Registry(folder.registry)
-    revisions = [latest]
+    samples = [(latest.top_hash, _rotating(latest.page, latest.pinned, slot))]
     try:
         catalog = Catalog(reg, folder.package)
         older = [top for _s, top in catalog.revisions() if top != latest.top_hash]
         if older:
-            revisions.append(catalog.revision(older[slot % len(older)], fresh=True))
+            top = older[slot % len(older)]
+            samples.append((top, _manifest_sample(catalog.manifest_current(top), slot)))
     except QuiltsyncError:
         pass  # the latest alone is still checked
     checked, gone = 0, []
     try:
-        for rev in revisions:
-            keys = sorted(lk for lk, e in rev.entries.items() if version_id_of(e.physical_key) not in (None, "null"))
-            start = (slot * _SAMPLE) % len(keys) if keys else 0
-            part = [keys[(start + i) % len(keys)] for i in range(min(_SAMPLE, len(keys)))]
-            missing = set(reg.missing_versions([rev.entries[lk].physical_key for lk in part]))
+        for top, part in samples:
+            missing = set(reg.missing_versions([pk for _lk, pk in part]))
             checked += len(part)
-            gone += [(rev.top_hash, lk) for lk in part if rev.entries[lk].physical_key in missing]
+            gone += [(top, lk) for lk, pk in part if pk in missing]
     except QuiltsyncError as e:
         return CheckResult("manifest_pinned", folder.package, "warn", f"cannot check object versions now: {e}")
     if gone:
@@ -181,8 +225,41 @@ def _sampled(folder: FolderConfig, latest: Revision, slot: int) -> CheckResult:
                            "restored (restore fails on it); check the bucket's lifecycle rules and who deletes "
                            "object versions")
     return CheckResult("manifest_pinned", folder.package, "ok",
-                       f"latest {latest.top_hash[:12]}: all {len(latest.entries)} entries pinned; "
-                       f"{checked} object versions of {len(revisions)} revision(s) checked present")
+                       f"latest {latest.top_hash[:12]}: all {latest.files} entries pinned; "
+                       f"{checked} object versions of {len(samples)} revision(s) checked present")
+
+
+def _rotating(page: Callable[[int, int], list[tuple[str, str]]], total: int, slot: int) -> list[tuple[str, str]]:
+    """The slot's window of ``_SAMPLE`` items out of ``total``, wrapping around."""
+    if total <= 0:
+        return []
+    start = (slot * _SAMPLE) % total
+    part = page(start, min(_SAMPLE, total))
+    if len(part) < min(_SAMPLE, total):
+        part += page(0, min(_SAMPLE, total) - len(part))
+    return part
+
+
+def _manifest_sample(data: bytes, slot: int) -> list[tuple[str, str]]:
+    """The slot's window of pinned (logical key, physical key) of a manifest, parsing
+    only those lines (a 50,000-entry manifest is 13.5 MB of JSON)."""
+    import json
+
+    from quiltsync.remote.registry import version_id_of
+
+    lines = [line for line in data.splitlines()[1:] if b"versionId=" in line]
+    lines.sort()  # lines start with their logical key: a stable order to rotate through
+
+    def page(start: int, n: int) -> list[tuple[str, str]]:
+        out = []
+        for line in lines[start:start + n]:
+            obj = json.loads(line)
+            pk = (obj.get("physical_keys") or [""])[0]
+            if version_id_of(pk) not in (None, "null"):
+                out.append((str(obj["logical_key"]), str(pk)))
+        return out
+
+    return _rotating(page, len(lines), slot)
 
 
 def check_lifecycle(bucket: str, folders: list[FolderConfig]) -> CheckResult:
@@ -220,7 +297,7 @@ def check_lifecycle(bucket: str, folders: list[FolderConfig]) -> CheckResult:
                        f"{len(rules)} lifecycle rule(s); none expires objects under .quilt/ or a watched package")
 
 
-def check_workflow(folder: FolderConfig, workflows: Any, latest: Revision | QuiltsyncError | None) -> CheckResult:
+def check_workflow(folder: FolderConfig, workflows: Any, latest: Latest | QuiltsyncError | None) -> CheckResult:
     """Which workflow the folder's pushes get, and whether its name, message and
     metadata (and, where the workflow has an entries schema, its files) pass it:
     the same check a push makes before uploading."""
@@ -234,10 +311,10 @@ def check_workflow(folder: FolderConfig, workflows: Any, latest: Revision | Quil
     if isinstance(latest, QuiltsyncError) and folder.metadata is None:
         return CheckResult("workflow", target, "warn", "cannot check the package metadata: the latest "
                            f"revision (whose metadata pushes keep) cannot be read: {latest}")
-    base = latest if isinstance(latest, Revision) else None
+    base = latest if isinstance(latest, Latest) else None
     meta = revision_meta(base.meta if base else None, folder.metadata, None)
     message = render(folder.message, MessageValues(socket.gethostname(), folder.package, str(folder.path),
-                                                   1, 0, 0, len(base.entries) + 1 if base else 1, time.time()))
+                                                   1, 0, 0, base.files + 1 if base else 1, time.time()))
 
     def entries() -> list[tuple[str, int, dict[str, Any]]]:
         from quiltsync.local.fstype import answered
@@ -248,7 +325,7 @@ def check_workflow(folder: FolderConfig, workflows: Any, latest: Revision | Quil
             return []
         if scan is None:
             raise QuiltsyncError(f"{folder.path} did not answer within {ENTRIES_SCAN_SECONDS:.0f} s")
-        old = base.entries if base else {}
+        old = base.entries() if base else {}
         return [(lk, st.size, ((old[lk].meta or {}).get("user_meta") or {}) if lk in old else {})
                 for lk, st in scan.files.items()]
 

@@ -40,7 +40,8 @@ class HealthMonitor:
         if self._running:
             return
         self._running = True
-        fut = self._pool.submit(lambda: run_all(config, installed_watches=installed_watches, layouts=layouts))
+        fut = self._pool.submit(lambda: run_all(config, installed_watches=installed_watches, layouts=layouts,
+                                                   index=self.index))
         fut.add_done_callback(on_done)
 
     def done(self, fut: Future[list[CheckResult]], extra: Iterable[CheckResult]) -> None:
