@@ -56,6 +56,34 @@ def test_status_reports_last_push_and_pending_changes_without_network(setup: Set
     assert folder["last_top_hash"] == top and folder["pending"] == 1 and folder["files"] == 2
 
 
+def test_status_shows_when_pacing_holds_changes_back_and_forgets_it_once_past(setup: Setup) -> None:
+    """The daemon records a paced folder in the stuck check's row: status shows when
+    the next revision comes and why; a row whose time has passed is not shown."""
+    import time as _time
+
+    from quiltsync.local.index import Index
+
+    (setup.folder / "a.txt").write_text("hello")
+    setup.cli("push", check=True)
+    index = Index(setup.state_dir / "index.sqlite3")
+
+    def record(at: float) -> None:
+        when = _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(at))
+        index.write_health([("stuck", setup.package, "ok", f"paced: changes go in the next revision at {when} "
+                             "(in 600 s): each revision writes a 34.7 MB manifest, and "
+                             "max_manifest_bytes_per_day = 1000000000")], _time.time())
+
+    record(_time.time() + 600)
+    plain = setup.cli("status", check=True).stdout
+    line = next(x for x in plain.splitlines() if x.strip().startswith("pacing:"))
+    assert "34.7 MB manifest" in line and "max_manifest_bytes_per_day" in line
+    assert json.loads(setup.cli("status", "--json", check=True).stdout)["folders"][0]["paced"].startswith("paced")
+    record(_time.time() - 5)
+    assert "pacing:" not in setup.cli("status", check=True).stdout
+    assert json.loads(setup.cli("status", "--json", check=True).stdout)["folders"][0]["paced"] is None
+    index.close()
+
+
 def test_history_lists_every_revision_with_message_files_and_pinning(setup: Setup) -> None:
     """history --json: time, top_hash, message, files, pinned, oldest first."""
     (setup.folder / "a.txt").write_text("1")

@@ -243,3 +243,32 @@ def test_a_permanent_error_is_logged_once_and_retried_at_the_cap(h: Harness) -> 
             h.idle()
     failed = [e for e in logs if e["event"] == "push.failed"]
     assert len(failed) == 1 and failed[0]["permanent"] is True and failed[0]["retry_in_s"] == 30
+
+
+def test_a_folder_with_large_manifests_is_paced_and_loses_no_change(h: Harness) -> None:
+    """Each revision's manifest spends the folder's daily budget: once an hour's worth
+    is spent, the next revision waits (logged with when), changes gather meanwhile,
+    and all of them go in that revision."""
+    h.config_path.write_text(h.config_path.read_text() + "max_manifest_bytes_per_day = 86400000\n")  # 1 kB/s
+    h.daemon._reload()
+    h.idle()
+    h.reg.manifest_bytes_override = 10_000_000  # 10 MB a revision: ten thousand seconds of budget
+    with capture_logs() as logs:
+        h.change("a.txt", "one")
+        h.advance(1)
+        h.idle()
+    assert len(h.reg.pushes) == 1
+    paced = [e for e in logs if e["event"] == "push.paced"]
+    assert len(paced) == 1 and 6000 < paced[0]["next_in_s"] <= 10000, paced
+    assert "10.0 MB manifest" in paced[0]["detail"] and "max_manifest_bytes_per_day = 86400000" in paced[0]["detail"]
+    wait = paced[0]["next_in_s"]
+    for i in range(5):
+        h.change(f"b{i}.txt", str(i))
+        h.advance(60)
+    h.idle()
+    assert len(h.reg.pushes) == 1  # paced: 5 minutes of changes wait
+    assert h.daemon._stuck_checks(h.clock.now)[0].status == "ok"  # waiting for pacing is no stall
+    h.advance(wait)
+    h.idle()
+    assert len(h.reg.pushes) == 2
+    assert set(h.reg.pushes[1].entries) == {"a.txt", *(f"b{i}.txt" for i in range(5))}

@@ -133,6 +133,8 @@ class FolderConfig(_Strict):
     watch: Literal["auto", "events", "poll"] = "auto"
     # at least twice FUSE's 1 s attribute cache: two polls must never see one cached stat
     poll_seconds: Annotated[float, Field(ge=2)] = 30.0
+    # a daily budget of manifest bytes: revisions of huge folders are paced (core/pacing.py); 0 = off
+    max_manifest_bytes_per_day: Annotated[int, Field(ge=0)] = 1_000_000_000
 
     @field_validator("message")
     @classmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -105,6 +107,8 @@ def status(ctx: Context, *, as_json: bool) -> int:
             lay = layout(f.path, f.watch)
             watch = lay.describe(f.poll_seconds if lay.polled else None) + " (as configured; no daemon report)"
         bad = [f"{c}: {d}" for c, _t, s_, d, _at in mine if s_ == "fail"]
+        paced = next((d for c, t, s_, d, _at in mine if c == "stuck" and t == f.package and s_ == "ok"
+                      and d.startswith("paced") and _still_ahead(d)), None)
         held = holds.get(f.package)
         if problem is not None:
             health = problem
@@ -121,7 +125,7 @@ def status(ctx: Context, *, as_json: bool) -> int:
             "last_top_hash": rev.top_hash if rev else None,
             "last_push": _iso(rev.pushed_at) if rev and rev.pushed_at else None,
             "pending": pending, "files": files, "health": health, "watch": watch,
-            "held": held[0] if held else None,
+            "held": held[0] if held else None, "paced": paced,
         })
     if as_json:
         ctx.emit(json.dumps({"folders": rows}, indent=2))
@@ -133,9 +137,20 @@ def status(ctx: Context, *, as_json: bool) -> int:
         ctx.emit(f"  pending:       {r['pending'] if r['pending'] is not None else '-'} changes "
                  f"({r['files'] if r['files'] is not None else '-'} files in the folder)")
         ctx.emit(f"  watch:         {r['watch']}")
+        if r["paced"]:
+            ctx.emit(f"  pacing:        {r['paced']}")
         ctx.emit(f"  health:        {r['health']}")
     return 0
 
+
+
+def _still_ahead(paced: str) -> bool:
+    """A pacing row names the time of the next revision; once that passed it is history."""
+    m = re.search(r" at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", paced)
+    if m is None:
+        return False
+    when = dt.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return when.timestamp() > time.time()
 
 
 def check(ctx: Context) -> int:

@@ -40,6 +40,11 @@ Generations
     refusal of a push started under an older generation says nothing about the
     new config: it only asks for an urgent full rescan.
 
+Pacing
+    ``pace(package, until)``: the folder's next push is not due before ``until``
+    (its manifests are large: core/pacing.py); changes gather meanwhile and go in
+    that push. Pacing outlives a reload, and counts as progress for ``stuck()``.
+
 Pause and block
     While paused (a reload waits for the pushes in flight), nothing is due.
     While a folder is blocked (its share does not answer), nothing of it is due;
@@ -140,6 +145,7 @@ class _Folder:
     reported: str | None = None  # the last failure's error that was reported
     retry_at: float | None = None  # backing off until then
     blocked: str | None = None  # why nothing may start now (its share does not answer)
+    paced_until: float | None = None  # no push before then (pacing, see pace())
 
     @property
     def asleep(self) -> bool:
@@ -169,7 +175,8 @@ class Scheduler:
         generation = self._generations.get(package, 0) + 1
         self._generations[package] = generation
         old = self._folders.get(package)
-        folder = _Folder(timing, generation, batch=old.batch if old is not None else None)
+        folder = _Folder(timing, generation, batch=old.batch if old is not None else None,
+                         paced_until=old.paced_until if old is not None else None)
         self._folders[package] = folder
         self._record(folder, now, None, urgent=True)
         return generation
@@ -321,6 +328,19 @@ class Scheduler:
     def resume(self) -> None:
         self._paused = False
 
+    def pace(self, package: str, until: float | None) -> None:
+        """No push of the folder is due before ``until`` (None lifts it)."""
+        folder = self._folders.get(package)
+        if folder is not None:
+            folder.paced_until = until
+
+    def paced(self, package: str, now: float) -> float | None:
+        """Until when pacing holds the folder's pending changes back, or None."""
+        folder = self._folders.get(package)
+        if folder is None or folder.paced_until is None or folder.paced_until <= now or folder.batch is None:
+            return None
+        return folder.paced_until
+
     # -- queries ------------------------------------------------------------------------
     def due_at(self, package: str) -> float | None:
         """When the folder's push is due (whether paused or not); None: not pending.
@@ -338,6 +358,8 @@ class Scheduler:
         timing = folder.timing
         at = batch.first if batch.urgent else min(batch.last + timing.settle,
                                                   batch.first + timing.max_delay)
+        if folder.paced_until is not None:
+            at = max(at, folder.paced_until)
         return at if folder.retry_at is None else max(at, folder.retry_at)
 
     def next_deadline(self) -> float | None:
@@ -387,7 +409,10 @@ class Scheduler:
         if folder.failures >= STUCK_FAILURES:
             return f"pushes failing {folder.failures} times in a row: {folder.error}"
         bound = 3 * max_delay + 60
-        waited = now - folder.batch.first if folder.batch is not None else 0.0
+        since = folder.batch.first if folder.batch is not None else now
+        if folder.paced_until is not None:
+            since = max(since, folder.paced_until)  # waiting for pacing is no stall
+        waited = now - since
         if waited > bound:
             return f"changes pending for {waited:.0f}s (bound {bound:.0f}s)"
         return None

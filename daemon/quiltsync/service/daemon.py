@@ -18,6 +18,7 @@ no push is in flight, then treats every folder as new on that registry.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import queue
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from quiltsync.config import Config, FolderConfig, load_config
+from quiltsync.core.pacing import Pacer
 from quiltsync.core.schedule import Scheduler, Timing
 from quiltsync.errors import ConfigError, WorkflowRefused
 from quiltsync.local.index import Index
@@ -69,6 +71,7 @@ class _Folder:
     root: RootState
     last_push: float | None = None  # wall time
     refused: str | None = None  # why the bucket's workflow refused its last push
+    pacer: Pacer | None = None  # the folder's manifest budget (core/pacing.py)
 
 
 @dataclass(slots=True)
@@ -259,6 +262,8 @@ class Daemon:
                                              self.clock())
         old = self.folders.get(f.package)
         st = _Folder(f, self.pusher_factory(f, self.index), generation, RootState(f))
+        st.pacer = old.pacer if old is not None and old.pacer is not None else Pacer(f.max_manifest_bytes_per_day)
+        st.pacer.retune(f.max_manifest_bytes_per_day)
         if old is not None:
             st.last_push = old.last_push
         self.folders[f.package] = st
@@ -310,6 +315,7 @@ class Daemon:
         else:
             if result.pushed:
                 st.last_push = time.time()
+                self._pace(package, st, result.manifest_bytes, now)
                 if st.refused and self.monitor is not None:  # only a publish proves the workflow passed
                     st.refused = None
                     self.monitor.note(CheckResult("workflow", package, "ok",
@@ -318,6 +324,31 @@ class Daemon:
                 self.log.info("rescan.completed", package=package, files=result.files,
                               pushed=result.pushed, top_hash=result.top_hash)
         self.notifier.status(self._status_line())
+
+    def _pace(self, package: str, st: _Folder, manifest_bytes: int, now: float) -> None:
+        """A revision spent its manifest's bytes of the folder's budget: the next one
+        may have to wait (shown by `status` through the stuck check's row)."""
+        assert st.pacer is not None
+        st.pacer.spend(now, manifest_bytes)
+        until = st.pacer.ready_at(now)
+        if until <= now:
+            self.schedule.pace(package, None)
+            row = self.monitor.results.get(("stuck", package)) if self.monitor is not None else None
+            if row is not None and row.detail.startswith("paced"):
+                self._note_health(CheckResult("stuck", package, "ok", "changes flow"))
+            return
+        self.schedule.pace(package, until)
+        detail = self._paced_detail(st, until, now)
+        self.log.info("push.paced", package=package, next_in_s=round(until - now, 1), detail=detail)
+        self._note_health(CheckResult("stuck", package, "ok", detail))
+
+    @staticmethod
+    def _paced_detail(st: _Folder, until: float, now: float) -> str:
+        assert st.pacer is not None
+        at = dt.datetime.fromtimestamp(time.time() + (until - now), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return (f"paced: changes go in the next revision at {at} (in {until - now:.0f} s): each revision "
+                f"writes a {st.pacer.last_cost / 1e6:.1f} MB manifest, and max_manifest_bytes_per_day = "
+                f"{st.config.max_manifest_bytes_per_day}")
 
     # -- metrics and health (service/monitor.py) ------------------------------------------
     def _note_health(self, result: CheckResult) -> None:
@@ -357,7 +388,9 @@ class Daemon:
             why = self.schedule.stuck(now, pkg, st.config.max_delay_seconds)
             if why is not None and st.root.problem and why.startswith("pushes failing"):
                 why += f" ({st.root.problem})"
+            paced = self.schedule.paced(pkg, now)
             out.append(CheckResult("stuck", pkg, "fail", why) if why else
+                       CheckResult("stuck", pkg, "ok", self._paced_detail(st, paced, now)) if paced is not None else
                        CheckResult("stuck", pkg, "ok", "changes flow"))
         return out
 
