@@ -74,4 +74,4 @@ class MemoryRegistry:
             self.revisions[rev.top_hash] = rev
             self.pointers[name] = rev.top_hash
             self.pushes.append(rev)
-            return Published(rev, self.manifest_bytes_override or len(built.data))
+            return Published(rev, self.manifest_bytes_override or built.size)

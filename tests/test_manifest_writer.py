@@ -42,6 +42,8 @@ HASH = st.one_of(
         lambda b: __import__("base64").b64encode(b).decode())),
     st.builds(HashValue, st.just("SHA256"), st.binary(min_size=32, max_size=32).map(bytes.hex)),
     st.builds(HashValue, st.just("SHA256"), st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)),
+    # what no quilt3 writes, but a manifest may hold: values that need JSON escaping
+    st.builds(HashValue, st.sampled_from(["SHA256", 'x"y', "é"]), st.text(max_size=12)),
 )
 VERSION = st.text(alphabet="abcdefXYZ0123456789._", min_size=1, max_size=12)
 

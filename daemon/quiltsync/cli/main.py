@@ -109,6 +109,9 @@ def _positive(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from quiltsync.local.memory import return_large_buffers
+
+    return_large_buffers()  # freed manifests leave the resident memory (local/memory.py)
     code: int | None = None
     try:
         try:

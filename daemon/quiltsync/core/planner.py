@@ -16,7 +16,7 @@ local; it never uploads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Set
+from collections.abc import Callable, Collection, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,10 +57,24 @@ def plan_push(
     index: Mapping[str, Known],
     base: Mapping[str, Entry],
     hash_file: Callable[[str, str], HashValue | None],
+    only: Collection[str] | None = None,
 ) -> Plan:
-    """``hash_file(logical_key, hash_type)`` hashes a local file like the base entry was."""
+    """``hash_file(logical_key, hash_type)`` hashes a local file like the base entry was.
+
+    ``only``: the keys that can differ (the paths a rescan looked at, and keys whose
+    index stat is racy); every other key of ``scan`` is known to have the stat the
+    index records for the base, so looking at it could only find it unchanged. The
+    plan then costs what changed, not what the folder holds.
+    """
     plan = Plan()
-    for lk, st in scan.items():
+    if only is not None:
+        keys: Iterable[str] = [lk for lk in only if lk in scan]
+        plan.deleted = sorted(lk for lk in only if lk not in scan and lk in base)
+    else:
+        keys = scan
+        plan.deleted = sorted(base.keys() - scan.keys())
+    for lk in keys:
+        st = scan[lk]
         entry = base.get(lk)
         if entry is None:
             plan.added.append(lk)
@@ -77,7 +91,6 @@ def plan_push(
             plan.refresh[lk] = local
         else:
             plan.modified.append(lk)
-    plan.deleted = sorted(base.keys() - scan.keys())
     plan.added.sort()
     plan.modified.sort()
     return plan
@@ -97,3 +110,4 @@ def pending_changes(scan: Mapping[str, FileStat], index: Mapping[str, Known]) ->
     """How many keys differ by stat alone (for status; no hashing, no network)."""
     changed = sum(1 for lk, st in scan.items() if (e := index.get(lk)) is None or e.stat != st)
     return changed + sum(1 for lk in index if lk not in scan)
+

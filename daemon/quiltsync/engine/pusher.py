@@ -118,6 +118,7 @@ class FolderPusher:
         self._hot: set[str] = set()  # keys that changed during an upload: pushed from still copies
         self._refusal: str | None = None  # the refusal last logged: logged once, until a pass succeeds
         self._writer: ManifestWriter | None = None  # encodes only the entries that changed (core.manifest)
+        self._racy: set[str] = set()  # keys of self._last whose recorded stat is racy: looked at every pass
 
     @property
     def state_dir(self) -> Path:
@@ -151,7 +152,7 @@ class FolderPusher:
         for _attempt in range(MAX_CONFLICT_RETRIES + 1):
             files = {k: v for k, v in scan.files.items() if k not in hold} if hold else scan.files
             plan = plan_push(files, base.files, base.revision.entries if base.revision else {},
-                             self._hash_file)
+                             self._hash_file, self._only(scan, base))
             plan = hold_back(plan, hold)  # as the base has them: not added, changed or deleted (nor read) now
             if not plan.changes:
                 if base.trusted and self.registry.latest(self.folder.package) != base.top_hash:
@@ -222,6 +223,14 @@ class FolderPusher:
             self.log.warning("scan.skipped", path=s.path, reason=s.reason)
         self._drop_unpushable(scan)
         return scan
+
+    def _only(self, scan: Scan, base: Base) -> set[str] | None:
+        """The keys a plan must look at: those a rescan touched and the racy ones, when
+        the rescan started from the base's own stats (this process's last revision);
+        None (every key) after a full scan or on any other base."""
+        if scan.touched is None or self._last is None or base.top_hash != self._last.top_hash or not base.trusted:
+            return None
+        return scan.touched | self._racy
 
     def _drop_unpushable(self, scan: Scan) -> None:
         """S3 keys are at most 1,024 bytes: a logical key longer than that under the
@@ -382,30 +391,28 @@ class FolderPusher:
         """Renames and copies without uploads: a file whose size and hash equal an
         entry of the base revision gets that entry's physical key and version (quilt3
         entries may point at any object version of the bucket); one local read, no
-        upload. Only pinned versions of this registry's bucket are reused (an
-        unpinned key would follow later writes). The torn-file guard still applies:
-        a file that changes before the publish aborts it, as an upload would."""
-        if base.revision is None or not uploads.sources:
+        upload, and only for files whose size some entry has. The index finds them
+        (by size, then hash) while it records the base revision, so this costs what
+        changed, not a walk of the entries. Only pinned versions of this registry's
+        bucket are reused (an unpinned key would follow later writes). The torn-file
+        guard still applies: a file that changes before the publish aborts it, as an
+        upload would."""
+        rev, recorded = base.revision, base.recorded
+        if rev is None or not uploads.sources or recorded is None or recorded.top_hash != rev.top_hash:
             return
-        sizes = {size for _src, size in uploads.sources.values()}
-        prefix = f"s3://{self.registry.bucket}/"
-        same: dict[tuple[int, HashValue], Entry] = {}
-        for e in base.revision.entries.values():
-            if e.size in sizes and e.physical_key.startswith(prefix) \
-                    and version_id_of(e.physical_key) not in (None, "null"):
-                same.setdefault((e.size, e.hash), e)
-        if not same:
-            return
-        types = {h.type for _size, h in same}
+        package, prefix = self.folder.package, f"s3://{self.registry.bucket}/"
         for lk, (source, size) in list(uploads.sources.items()):
-            for hash_type in types:
-                try:
-                    local = hashing.hash_like(source, hash_type)
-                except OSError:
-                    break  # unreadable now: the upload reports it
-                hit = same.get((size, local)) if local is not None else None
-                if hit is not None and local is not None:
-                    uploads.reused[lk] = Entry(local, size, hit.physical_key, None)
+            if not self.index.has_size(package, size):
+                continue
+            try:
+                local = hashing.chunked_sha256(source)
+            except OSError:
+                continue  # unreadable now: the upload reports it
+            for other, pk in self.index.holding(package, size, local):
+                known = rev.entries.get(other)
+                if known is not None and known.physical_key == pk and pk.startswith(prefix) \
+                        and version_id_of(pk) not in (None, "null"):
+                    uploads.reused[lk] = Entry(local, size, pk, None)
                     del uploads.sources[lk]
                     break
 
@@ -472,7 +479,19 @@ class FolderPusher:
         else:
             files = self._files_after(new, base, plan, scan, uploads.stats, uploads.set_ns, recorded_ns)
             self.index.commit(last, files, replace_all=True)
-        self._last = Base(new, files, True, None)
+        self._remember(Base(new, files, True, None), base, [*plan.deleted, *uploads.stats, *plan.refresh]
+                       if base.trusted else None)
+
+    def _remember(self, last: Base, base: Base, changed: list[str] | None) -> None:
+        """``last`` is this process's revision now; ``changed``: the keys in which it
+        differs from ``base`` (None: unknown, recount everything). Keeps the set of
+        racy keys up to date at the cost of what changed."""
+        previous, self._last = self._last, last
+        files = last.files
+        if changed is None or previous is None or base.top_hash != previous.top_hash:
+            self._racy = {lk for lk, r in files.items() if r.racy}
+            return
+        self._racy = {lk for lk in (*self._racy, *changed) if lk in files and files[lk].racy}
 
     def _report(self, result: PushResult, new: Revision, uploads: _Uploads, hashed: int) -> None:
         self.log.info("push.completed", top_hash=result.top_hash, parent_top_hash=result.parent_top_hash,
@@ -521,13 +540,13 @@ class FolderPusher:
             fresh = {lk: FileRecord(scan.files[lk], recorded_ns, rev.entries[lk]) for lk in plan.refresh}
             self.index.refresh_stats(self.folder.package, fresh)
             base.files.update(fresh)
-            self._last = Base(rev, base.files, True, None)
+            self._remember(Base(rev, base.files, True, None), base, list(plan.refresh))
             return
         files = self._files_after(rev, base, plan, scan, {}, recorded_ns, recorded_ns)
         previous = base.recorded
         self.index.commit(self._last_push(rev, previous.pushed_at if previous else 0.0, scan.root_dev),
                           files, replace_all=True)
-        self._last = Base(rev, files, True, None)
+        self._remember(Base(rev, files, True, None), base, None)
         self.log.info("index.adopted", top_hash=rev.top_hash, files=len(files))
 
     def _wait_for_next_second(self, last: LastPush | None) -> None:

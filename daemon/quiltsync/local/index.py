@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -81,6 +82,7 @@ CREATE TABLE IF NOT EXISTS entry (
     meta TEXT,
     PRIMARY KEY (package, logical_key)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entry_by_size ON entry (package, size);
 """
 
 
@@ -184,7 +186,7 @@ class Index:
             lk: FileRecord(
                 FileStat(size, mtime_ns, inode),
                 recorded_ns,
-                Entry(HashValue(ht, hv), size, pk, json.loads(meta) if meta else None),
+                Entry(HashValue(sys.intern(ht), hv), size, pk, json.loads(meta) if meta else None),
             )
             for lk, size, mtime_ns, inode, recorded_ns, ht, hv, pk, meta in self.db.execute(
                 "SELECT logical_key, size, mtime_ns, inode, recorded_ns, hash_type, hash, "
@@ -192,6 +194,17 @@ class Index:
                 (package,),
             )
         }
+
+    def holding(self, package: str, size: int, digest: HashValue) -> list[tuple[str, str]]:
+        """(logical key, physical key) of the recorded entries with these bytes (size
+        and hash): where a renamed or copied file's bytes already are."""
+        return [(str(lk), str(pk)) for lk, pk in self.db.execute(
+            "SELECT logical_key, physical_key FROM entry WHERE package = ? AND size = ? AND hash = ? "
+            "AND hash_type = ? ORDER BY logical_key", (package, size, digest.value, digest.type))]
+
+    def has_size(self, package: str, size: int) -> bool:
+        return self.db.execute("SELECT 1 FROM entry WHERE package = ? AND size = ? LIMIT 1",
+                               (package, size)).fetchone() is not None
 
     def pinned_count(self, package: str) -> int:
         """How many recorded entries of a package carry a versionId."""

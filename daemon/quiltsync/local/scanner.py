@@ -66,6 +66,7 @@ class Scan:
     skipped: list[Skipped] = field(default_factory=list)
     root_dev: int = 0
     directories: int = 0
+    touched: set[str] | None = None  # a rescan: the keys it looked at (others are as before); None: a full scan
 
 
 class RootUnavailable(Exception):
@@ -174,8 +175,12 @@ def rescan_paths(
             _add_file(full, rel, stat_mod.S_ISLNK(st.st_mode), real_root, stat, fresh, st)
     _walk(fresh, stack, real_root, ignore, scandir, stat, root_level=False)
     prefixes = tuple(g for g in gone if g.endswith("/"))
-    exact = set(gone)
-    result.files = {k: v for k, v in previous.items() if k not in exact and not k.startswith(prefixes)}
+    exact = {g for g in gone if not g.endswith("/")}
+    under = [k for k in previous if k.startswith(prefixes)] if prefixes else []  # what was in gone folders
+    result.files = dict(previous)
+    for k in (*exact, *under):
+        result.files.pop(k, None)
+    result.touched = {*under, *(exact & previous.keys()), *fresh.files}
     result.files.update(fresh.files)
     result.skipped = fresh.skipped
     return result

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -422,11 +423,14 @@ class Registry:
                 raise PermanentError(f"{what}: {e}") from None
             self._check_latest(name, expected)  # again, just before writing: as quilt3 does
             root = ".quilt/named_packages/" + name
-            self.s3.put_object(Bucket=self.bucket, Key=f".quilt/packages/{built.top_hash}", Body=built.data)
+            with tempfile.TemporaryFile() as manifest:  # from disk: no joined copy of every line in memory
+                manifest.writelines(built.parts)
+                manifest.seek(0)
+                self.s3.put_object(Bucket=self.bucket, Key=f".quilt/packages/{built.top_hash}", Body=manifest)
             pointer = built.top_hash.encode()
             self.s3.put_object(Bucket=self.bucket, Key=f"{root}/{int(time.time())}", Body=pointer)
             self.s3.put_object(Bucket=self.bucket, Key=f"{root}/latest", Body=pointer)
-        return Published(Revision(built.top_hash, header, entries, self.identity), len(built.data))
+        return Published(Revision(built.top_hash, header, entries, self.identity), built.size)
 
     @staticmethod
     def manifest_writer() -> ManifestWriter:

@@ -33,6 +33,8 @@ class Request:
     method: str
     path: str
     query: str
+    sent: int = 0  # request body bytes (Content-Length)
+    received: int = 0  # response body bytes (Content-Length; 0 for HEAD)
 
     @property
     def is_quilt_metadata(self) -> bool:
@@ -141,11 +143,11 @@ class _Recorder:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         req = Request(environ["REQUEST_METHOD"], unquote(environ.get("PATH_INFO", "")),
-                      environ.get("QUERY_STRING", ""))
-        if not req.path.startswith("/moto-api"):
-            with self.lock:
-                self.requests.append(req)
+                      environ.get("QUERY_STRING", ""), int(environ.get("CONTENT_LENGTH") or 0))
         fault = self.fault(req) if self.fault else None
+        if fault is None:
+            return self._answered(req, environ, start_response)
+        self._record(req)
         if fault is not None and fault[0] == "truncate":
             return self._truncated(environ, start_response, int(fault[1]))
         if fault is not None:
@@ -157,6 +159,24 @@ class _Recorder:
             return [body]
         return self.app(environ, start_response)
 
+    def _record(self, req: Request) -> None:
+        if not req.path.startswith("/moto-api"):
+            with self.lock:
+                self.requests.append(req)
+
+    def _answered(self, req: Request, environ: dict[str, Any], start_response: Callable[..., Any]
+                  ) -> Iterable[bytes]:
+        """Pass the request on, and record it with the size of its answer."""
+        size = [0]
+
+        def sized(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+            size[0] = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
+            return start_response(status, headers, *exc)
+
+        body = self.app(environ, sized)
+        received = 0 if req.method == "HEAD" else size[0]
+        self._record(Request(req.method, req.path, req.query, req.sent, received))
+        return body
 
     def _truncated(self, environ: dict[str, Any], start_response: Callable[..., Any], keep: int
                    ) -> Iterable[bytes]:

@@ -70,6 +70,7 @@ class _State:
     quilt3_clients: dict[tuple[Any, ...], tuple[float, Any]] = field(default_factory=dict)
     # (registry identity, bucket) -> (read at, versioning status)
     versioning: dict[tuple[str, str], tuple[float, str | None]] = field(default_factory=dict)
+    session: Any = None  # the boto3 session every thread_client comes from
 
 
 _lock = threading.Lock()
@@ -114,6 +115,7 @@ def _clear_caches() -> None:
     _state.clients = {}
     _state.quilt3_clients = {}
     _state.versioning = {}
+    _state.session = None  # credentials are resolved afresh after a reload
 
 
 def import_quilt3() -> None:
@@ -151,17 +153,26 @@ def client_config(**overrides: Any) -> Any:
 
 def thread_client(purpose: str, **config: Any) -> Any:
     """One boto3 S3 client per thread, purpose and active settings (~0.2 s to build)."""
-    import boto3
 
     settings = _state.active
     key = (settings, purpose, threading.get_ident())
     clients = _state.clients
     client = clients.get(key)
     if client is None:
-        client = boto3.session.Session().client("s3", config=client_config(**config),
-                                                **settings.client_kwargs())
+        with _lock:  # a session is not thread-safe; the clients it makes are
+            client = _session().client("s3", config=client_config(**config), **settings.client_kwargs())
         clients[key] = client
     return client
+
+
+def _session() -> Any:
+    """The boto3 session of every client (with ``_lock`` held): each session loads
+    botocore's endpoint and service data (about 10 MB of Python objects) once."""
+    import boto3
+
+    if _state.session is None:
+        _state.session = boto3.session.Session()
+    return _state.session
 
 
 def versioning_cache() -> dict[tuple[str, str], tuple[float, str | None]]:
@@ -180,6 +191,11 @@ def _build_quilt3_client(build: Any, session: Any, client_kwargs: dict[str, Any]
         hit = cache.get(key)
         if hit is not None and now - hit[0] < CLIENT_TTL_S:
             return hit[1]
+    from quilt3 import session as quilt3_session
+
+    if not quilt3_session._load_credentials():  # no quilt3 login: the standard chain, as our own clients
+        with _lock:
+            session = _session()
     client = build(session, {**client_kwargs, **settings.client_kwargs(), "config": config}, **kwargs)
     with _lock:
         cache[key] = (now, client)
