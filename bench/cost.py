@@ -219,6 +219,21 @@ def start_daemon(tree: Path, config: Path) -> Any:
         os.environ.update(old)
 
 
+def wait_all(d: Any, events: list[tuple[str, dict[str, Any]]], timeout: float) -> dict[str, tuple[float, dict]]:
+    """Wait until each (event, fields) was logged, in any order: (time, event) of each."""
+    seen: dict[str, tuple[float, dict]] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(events):
+        t, e = d.events.get(timeout=max(0.1, deadline - time.monotonic()))
+        for name, fields in events:
+            if name not in seen and e.get("event") == name and all(e.get(k) == v for k, v in fields.items()):
+                seen[name] = (t, e)
+    return seen
+
+
+STARTED = [("push.skipped", {}), ("health.ok", {"check": "manifest_pinned"})]
+
+
 def restart(s3: LocalS3, tree: dict[str, Path], n: int) -> dict[str, bool]:
     from daemon import bare_walk
 
@@ -230,13 +245,11 @@ def restart(s3: LocalS3, tree: dict[str, Path], n: int) -> dict[str, bool]:
         seed(s3, "bench", package, keys, revisions=2)
         cfg = write_config(TMP / f"restart-{side}.toml", s3, folder, package, "bench", TMP / f"rstate-{side}")
         d = start_daemon(tree[side], cfg)
-        d.wait("push.skipped", timeout=1800)  # the first start adopts the package (hashes every file)
-        d.wait("health.ok", check="manifest_pinned", timeout=600)
+        wait_all(d, STARTED, 1800)  # the first start adopts the package (hashes every file)
         d.stop()
         d = start_daemon(tree[side], cfg)  # the no-change restart; health runs at once
-        t_skip, e_skip = d.wait("push.skipped", timeout=600)
+        t_skip, e_skip = wait_all(d, STARTED, 600)["push.skipped"]
         out[side] = (e_skip["duration_ms"] / 1000, t_skip - d.started)
-        d.wait("health.ok", check="manifest_pinned", timeout=600)
         d.stop()
     walk = sorted(bare_walk(folder, stat=True) for _ in range(3))[1]
     print(f"\nno-change restart of {n} files, health running; a walk that stats every file: {walk:.2f} s")
@@ -259,8 +272,7 @@ def idle(s3: LocalS3, tree: dict[str, Path], n: int, seconds: float) -> dict[str
         daemons[side] = start_daemon(tree[side], cfg)
     s3.reset_requests()
     for d in daemons.values():
-        d.wait("push.skipped", timeout=1800)
-        d.wait("health.ok", check="manifest_pinned", timeout=900)
+        wait_all(d, STARTED, 1800)
     startup = {side: _gets(s3.requests, f"bench-idle-{side}") for side in SIDES}
     s3.reset_requests()
     print(f"\nidle: two daemons watch {n} files, health every 60 s, for {seconds:.0f} s ...", flush=True)

@@ -121,9 +121,11 @@ _PLAIN_HASH = re.compile(r"[A-Za-z0-9+/=_.-]*")  # no JSON escaping needed
 MAX_RECORD_BYTES = 1_000_000  # quilt3's DEFAULT_MANIFEST_MAX_RECORD_SIZE
 
 
-def walk_key(lk: str) -> list[str]:
-    """quilt3's walk order: children sorted by name at each level of the tree."""
-    return lk.split("/")
+def walk_key(lk: str) -> str:
+    """quilt3's walk order: children sorted by name at each level of the tree. The
+    same order as comparing the lists of path components, cheaper: "/" becomes a
+    character below any that a name can hold."""
+    return lk.replace("/", "\x00")
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ from quiltsync.errors import (
 from quiltsync.local import hashing
 from quiltsync.local.index import Index
 from quiltsync.local.locks import package_lock
+from quiltsync.local.memory import gc_paused
 from quiltsync.local.scanner import RootUnavailable, Scan, make_ignore_spec, rescan_paths, scan_folder
 from quiltsync.local.stillcopy import StillCopies
 from quiltsync.logs import get_logger
@@ -147,8 +148,9 @@ class FolderPusher:
               hold: frozenset[str] = frozenset()) -> PushResult:
         started = time.monotonic()
         recorded_ns = time.time_ns()
-        base = self.resolve_base()
-        scan = self.scan(paths)
+        with gc_paused():  # allocation-heavy and cycle-free (local/memory.py)
+            base = self.resolve_base()
+            scan = self.scan(paths)
         for _attempt in range(MAX_CONFLICT_RETRIES + 1):
             files = {k: v for k, v in scan.files.items() if k not in hold} if hold else scan.files
             plan = plan_push(files, base.files, base.revision.entries if base.revision else {},
@@ -489,7 +491,7 @@ class FolderPusher:
         previous, self._last = self._last, last
         files = last.files
         if changed is None or previous is None or base.top_hash != previous.top_hash:
-            self._racy = {lk for lk, r in files.items() if r.racy}
+            self._racy = self.index.racy_keys(self.folder.package)  # the index records ``files`` now
             return
         self._racy = {lk for lk in (*self._racy, *changed) if lk in files and files[lk].racy}
 

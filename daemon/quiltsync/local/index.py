@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from quiltsync.core.types import Entry, FileRecord, FileStat, HashValue, LastPush
+from quiltsync.core.types import FINE_RACY_NS, RACY_NS, Entry, FileRecord, FileStat, HashValue, LastPush
 from quiltsync.errors import QuiltsyncError
 from quiltsync.logs import get_logger
 
@@ -194,6 +194,12 @@ class Index:
                 (package,),
             )
         }
+
+    def racy_keys(self, package: str) -> set[str]:
+        """Keys whose recorded stat is racy (``types.is_racy``), found by SQLite."""
+        return {str(lk) for (lk,) in self.db.execute(
+            "SELECT logical_key FROM entry WHERE package = ? AND mtime_ns + CASE WHEN mtime_ns % 1000000000 = 0 "
+            "THEN ? ELSE ? END >= recorded_ns", (package, RACY_NS, FINE_RACY_NS))}
 
     def holding(self, package: str, size: int, digest: HashValue) -> list[tuple[str, str]]:
         """(logical key, physical key) of the recorded entries with these bytes (size

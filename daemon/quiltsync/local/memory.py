@@ -1,4 +1,6 @@
-"""Give large freed buffers back to the system (glibc).
+"""Memory of a process that holds large folders: big buffers and the garbage collector.
+
+Give large freed buffers back to the system (glibc).
 
 A push writes a manifest of about 270 bytes per file (13.5 MB for 50,000 files).
 glibc serves such a buffer from mmap and returns it on free, but each free raises
@@ -11,8 +13,12 @@ Elsewhere (musl, macOS) this does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import gc
+import threading
+from collections.abc import Iterator
 
 M_MMAP_THRESHOLD = -3
 THRESHOLD = 128 * 1024  # glibc's default starting value
@@ -26,3 +32,36 @@ def return_large_buffers() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD))
+
+
+_pauses = 0
+_pause_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the block runs (in any thread: pauses nest).
+
+    Loading a large folder's base revision and scanning it allocate a few hundred
+    thousand long-lived objects, no cycles; the collector then runs its full
+    collection again and again over them all: measured at 50,000 files, a no-change
+    reconcile took 0.78-0.93 s with it and 0.44 s without (a stat walk: 0.12 s).
+    Objects made meanwhile are collected as usual afterwards.
+    """
+    global _pauses
+    with _pause_lock:
+        _pauses += 1
+        if _pauses == 1:
+            was_enabled = gc.isenabled()
+            gc.disable()
+            _state["enabled"] = was_enabled
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _state.get("enabled", True):
+                gc.enable()
+
+
+_state: dict[str, bool] = {}

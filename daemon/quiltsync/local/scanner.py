@@ -255,6 +255,9 @@ def _visit(
         except OSError as e:
             result.skipped.append(Skipped(entry.path, f"cannot stat: {e.strerror or e}"))
             return
+        if stat_mod.S_ISREG(st.st_mode) and rel.isascii():  # the common case, without _add_file's checks
+            result.files[rel] = FileStat(st.st_size, st.st_mtime_ns, st.st_ino)
+            return
     _add_file(entry.path, rel, is_link, real_root, stat, result, st)
 
 
