@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/daemon.py storm
 	$(BIN)/python bench/daemon.py idle
 	$(BIN)/python bench/polling.py
+	$(BIN)/python bench/cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info daemon/*.egg-info

@@ -272,3 +272,35 @@ def test_a_folder_with_large_manifests_is_paced_and_loses_no_change(h: Harness) 
     h.idle()
     assert len(h.reg.pushes) == 2
     assert set(h.reg.pushes[1].entries) == {"a.txt", *(f"b{i}.txt" for i in range(5))}
+
+
+def test_a_renamed_file_reuses_its_version_and_the_workflow_still_sees_its_new_name(tmp_path: Path) -> None:
+    """A rename uploads nothing (the entry points at the version already there), and
+    the rows a workflow's entries schema checks name the new key, not the old one."""
+    seen: list[list[tuple[str, int, dict]]] = []
+
+    class Checked(GatedRegistry):
+        def workflow_stamp(self, name: str, **kw: object) -> dict | None:
+            seen.append(list(kw["entries"]()))  # type: ignore[operator]
+            return None
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"f{i}.bin").write_bytes(bytes([i]) * 100)
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(_config(tmp_path / "state", folder, "http://127.0.0.1:1"))
+    cfg = load_config(config_path)
+    reg = Checked("http://127.0.0.1:1")
+    index = Index(cfg.daemon.state_dir / "index.sqlite3")
+    pusher = FolderPusher(cfg.folder[0], index, registry=reg)  # type: ignore[arg-type]
+    pusher.push()
+    (folder / "f2.bin").rename(folder / "renamed.exe")
+    uploads_before = len(reg.objects)
+    result = pusher.push()
+    assert result.reused == 1 and result.added == 1 and result.deleted == 1 and result.bytes_uploaded == 0
+    assert len(reg.objects) == uploads_before
+    assert reg.pushes[-1].entries["renamed.exe"].physical_key == reg.pushes[0].entries["f2.bin"].physical_key
+    assert {lk for lk, _size, _meta in seen[-1]} == {"f0.bin", "f1.bin", "f3.bin", "renamed.exe"}
+    index.close()
+    settings.reset()

@@ -160,3 +160,17 @@ def test_a_record_over_quilt3s_limit_is_refused_with_the_key_named() -> None:
 def test_nan_in_metadata_is_refused_as_quilt3_refuses_it() -> None:
     with pytest.raises(ManifestError, match="package metadata"):
         ManifestWriter().build({"version": "v0", "user_meta": {"x": float("nan")}}, {})
+
+
+def test_a_refused_build_leaves_the_writer_as_it_was() -> None:
+    """A record quilt3 would refuse (NaN metadata) fails the build; the next build
+    without it is still quilt3's manifest (no key half-added to the order)."""
+    ok = {f"k{i}": Entry(HashValue("SHA256", f"{i:064x}"), i, f"s3://bkt/k{i}?versionId=v") for i in range(40)}
+    writer = ManifestWriter()
+    writer.build({"version": "v0"}, ok)
+    bad = {**ok, "nan.csv": Entry(HashValue("SHA256", "0" * 64), 1, "s3://bkt/n?versionId=v", {"x": float("nan")})}
+    with pytest.raises(ManifestError, match="nan.csv"):
+        writer.build({"version": "v0"}, bad)
+    again = {**ok, "new.csv": Entry(HashValue("SHA256", "1" * 64), 2, "s3://bkt/new?versionId=v")}
+    built = writer.build({"version": "v0", "message": "m"}, again)
+    assert (built.top_hash, built.data) == quilt3_manifest({"version": "v0", "message": "m"}, again)

@@ -191,7 +191,14 @@ class ManifestWriter:
         return Built(top.hexdigest(), [header, *(cache[lk][1] for lk in order)])
 
     def _sync(self, entries: Mapping[str, Entry]) -> None:
+        """Bring the cache and the order to ``entries``; all or nothing (a ManifestError
+        leaves both as they were)."""
         cache = self._cache
+        fresh: dict[str, tuple[Entry, bytes, bytes | None]] = {}
+        for lk, e in entries.items():
+            hit = cache.get(lk)
+            if hit is None or (hit[0] is not e and hit[0] != e):
+                fresh[lk] = (e, *self._encode(lk, e))  # raises before anything changed
         if cache.keys() != entries.keys():
             gone = cache.keys() - entries.keys()
             new = entries.keys() - cache.keys()
@@ -204,10 +211,7 @@ class ManifestWriter:
                     del self._order[bisect.bisect_left(self._order, walk_key(lk), key=walk_key)]
                 for lk in new:
                     bisect.insort(self._order, lk, key=walk_key)
-        for lk, e in entries.items():
-            hit = cache.get(lk)
-            if hit is None or (hit[0] is not e and hit[0] != e):
-                cache[lk] = (e, *self._encode(lk, e))
+        cache.update(fresh)
 
     def _encode(self, lk: str, e: Entry) -> tuple[bytes, bytes | None]:
         meta = e.meta or {}

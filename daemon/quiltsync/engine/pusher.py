@@ -336,10 +336,11 @@ class FolderPusher:
         workflow; WorkflowRefused (before any upload) when the workflow rejects it."""
         meta = revision_meta(base.revision.meta if base.revision else None, self.folder.metadata, None)
         entries = base.revision.entries if base.revision else {}
-        gone = set(deleted) | set(uploads.sources)
+        gone = set(deleted) | set(uploads.sources) | set(uploads.reused)
 
         def rows() -> list[tuple[str, int, dict[str, Any]]]:
             out = [(lk, e.size, (e.meta or {}).get("user_meta") or {}) for lk, e in entries.items() if lk not in gone]
+            out += [(lk, e.size, {}) for lk, e in uploads.reused.items()]  # renamed or copied: new keys all the same
             return out + [(lk, size, {}) for lk, (_src, size) in uploads.sources.items()]
 
         try:

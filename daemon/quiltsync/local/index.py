@@ -212,18 +212,17 @@ class Index:
         return self.db.execute("SELECT 1 FROM entry WHERE package = ? AND size = ? LIMIT 1",
                                (package, size)).fetchone() is not None
 
-    def pinned_count(self, package: str) -> int:
-        """How many recorded entries of a package carry a versionId."""
-        return int(self.db.execute("SELECT count(*) FROM entry WHERE package = ? AND physical_key LIKE "
-                                   "'%?versionId=%'", (package,)).fetchone()[0])
+    def count(self, package: str) -> int:
+        """How many entries of a package the index records."""
+        return int(self.db.execute("SELECT count(*) FROM entry WHERE package = ?", (package,)).fetchone()[0])
 
     def pinned_page(self, package: str, start: int, count: int) -> list[tuple[str, str]]:
-        """(logical key, physical key) of pinned entries ``start`` .. ``start + count``
-        in logical key order: a slice for the health checks' rotating sample, read
-        without loading the package's rows."""
+        """(logical key, physical key) of entries ``start`` .. ``start + count`` in logical
+        key order: a slice for the health checks' rotating sample (which runs only when
+        every entry is pinned), read without loading the package's rows."""
         return [(str(lk), str(pk)) for lk, pk in self.db.execute(
-            "SELECT logical_key, physical_key FROM entry WHERE package = ? AND physical_key LIKE "
-            "'%?versionId=%' ORDER BY logical_key LIMIT ? OFFSET ?", (package, count, start))]
+            "SELECT logical_key, physical_key FROM entry WHERE package = ? "
+            "ORDER BY logical_key LIMIT ? OFFSET ?", (package, count, start))]
 
     def unpinned_candidates(self, package: str) -> list[tuple[str, str]]:
         """(logical key, physical key) of entries that may lack a usable versionId

@@ -34,13 +34,18 @@ def return_large_buffers() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD))
 
 
+MAX_PAUSE_SECONDS = 30.0  # a pause ends by itself after this long (a scan hung on a dead share)
 _pauses = 0
+_generation = 0  # bumped when pauses are forced to end
 _pause_lock = threading.Lock()
+_enabled_before = True
 
 
 @contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while the block runs (in any thread: pauses nest).
+def gc_paused(max_seconds: float = MAX_PAUSE_SECONDS) -> Iterator[None]:
+    """No cyclic garbage collection while the block runs (in any thread: pauses nest),
+    for at most ``max_seconds``: a block that never ends (a scan of a share that
+    stopped answering) cannot leave the collector off for good.
 
     Loading a large folder's base revision and scanning it allocate a few hundred
     thousand long-lived objects, no cycles; the collector then runs its full
@@ -48,20 +53,32 @@ def gc_paused() -> Iterator[None]:
     reconcile took 0.78-0.93 s with it and 0.44 s without (a stat walk: 0.12 s).
     Objects made meanwhile are collected as usual afterwards.
     """
-    global _pauses
+    global _pauses, _enabled_before
     with _pause_lock:
+        generation = _generation
         _pauses += 1
         if _pauses == 1:
-            was_enabled = gc.isenabled()
+            _enabled_before = gc.isenabled()
             gc.disable()
-            _state["enabled"] = was_enabled
+    timer = threading.Timer(max_seconds, _force_end, args=(generation,))
+    timer.daemon = True
+    timer.start()
     try:
         yield
     finally:
+        timer.cancel()
         with _pause_lock:
-            _pauses -= 1
-            if _pauses == 0 and _state.get("enabled", True):
+            if generation == _generation:  # not forced to end meanwhile
+                _pauses -= 1
+                if _pauses == 0 and _enabled_before:
+                    gc.enable()
+
+
+def _force_end(generation: int) -> None:
+    global _pauses, _generation
+    with _pause_lock:
+        if generation == _generation and _pauses > 0:
+            _generation += 1
+            _pauses = 0
+            if _enabled_before:
                 gc.enable()
-
-
-_state: dict[str, bool] = {}

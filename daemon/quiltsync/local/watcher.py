@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from watchdog.observers import Observer
 
 from quiltsync.local.scanner import IgnoreRules
 
+SETUP_SECONDS = 10.0  # a watch's inotify set-up is waited for at most this long
 EVENT_FILTER = [FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent,
                 FileModifiedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
 
@@ -177,7 +179,20 @@ class Watcher:
         watch = self.observer.schedule(handler, path, recursive=recursive, event_filter=EVENT_FILTER)
         with self._lock:
             self._refs[watch] = self._refs.get(watch, 0) + 1
+        self._installed(watch)
         return watch, handler
+
+    def _installed(self, watch: object, timeout: float = SETUP_SECONDS) -> None:
+        """Wait until the watch's emitter has added its inotify watches (watchdog adds
+        them on the emitter's own thread, walking the tree): a scan that starts
+        earlier could miss a change made before its directory was watched, and
+        competes with that walk for the GIL. watchdog 7.1's emitter sets
+        ``_inotify`` when it is done (pinned; other observers have no such field)."""
+        emitter = getattr(self.observer, "_emitter_for_watch", {}).get(watch)
+        deadline = time.monotonic() + timeout
+        while emitter is not None and getattr(emitter, "_inotify", True) is None and emitter.is_alive() \
+                and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def _unschedule(self, scheduled: tuple[object, _Handler]) -> None:
         watch, handler = scheduled

@@ -404,18 +404,18 @@ class Registry:
             file_list = [(PhysicalKey.from_path(str(uploads[lk][0])),
                           PhysicalKey(self.bucket, f"{name}/{lk}", None), uploads[lk][1]) for lk in keys]
             results = copy_file_list(file_list, message="Copying objects") if file_list else []
-            changed = changed_sources() if changed_sources else []
-            if changed:
-                raise SourceChanged(changed)
             for lk, (versioned, checksum) in zip(keys, results, strict=True):
                 path, size = uploads[lk]
                 if checksum is not None:
                     digest = HashValue(checksums.DEFAULT_HASH, checksum)
-                elif hash_source is not None:
+                elif hash_source is not None:  # before the check below: a change while hashing aborts too
                     digest = hash_source(path)
                 else:
                     raise PermanentError(f"{what}: S3 returned no checksum for {lk!r}")
                 entries[lk] = Entry(digest, size, str(versioned), None)
+            changed = changed_sources() if changed_sources else []
+            if changed:
+                raise SourceChanged(changed)
             header = {**meta, "message": message}
             try:
                 built = writer.build(header, entries)

@@ -193,10 +193,12 @@ def _build_quilt3_client(build: Any, session: Any, client_kwargs: dict[str, Any]
             return hit[1]
     from quilt3 import session as quilt3_session
 
+    kwargs_all = {**client_kwargs, **settings.client_kwargs(), "config": config}
     if not quilt3_session._load_credentials():  # no quilt3 login: the standard chain, as our own clients
-        with _lock:
-            session = _session()
-    client = build(session, {**client_kwargs, **settings.client_kwargs(), "config": config}, **kwargs)
+        with _lock:  # a session is not thread-safe: clients are made from it one at a time
+            client = build(_session(), kwargs_all, **kwargs)
+    else:
+        client = build(session, kwargs_all, **kwargs)
     with _lock:
         cache[key] = (now, client)
     return client

@@ -274,6 +274,9 @@ class Daemon:
         st = _Folder(f, self.pusher_factory(f, self.index), generation, RootState(f))
         st.pacer = old.pacer if old is not None and old.pacer is not None else Pacer(f.max_manifest_bytes_per_day)
         st.pacer.retune(f.max_manifest_bytes_per_day)
+        now = self.clock()
+        until = st.pacer.ready_at(now)  # a new budget moves (or lifts) the wait at once
+        self.schedule.pace(f.package, until if until > now else None)
         if old is not None:
             st.last_push = old.last_push
         self.folders[f.package] = st

@@ -145,8 +145,9 @@ def _from_index(index: Index, package: str, top_hash: str, meta: dict[str, Any])
     from quiltsync.remote.registry import version_id_of
 
     unpinned = [lk for lk, pk in index.unpinned_candidates(package) if version_id_of(pk) in (None, "null")]
-    pinned = index.pinned_count(package)
-    return Latest(top_hash, meta, pinned + len(unpinned), unpinned, pinned,
+    files = index.count(package)
+    pinned = files - len(unpinned)
+    return Latest(top_hash, meta, files, unpinned, pinned,
                   partial(index.pinned_page, package),
                   lambda: {lk: r.entry for lk, r in index.files(package).items()}, "index")
 
