@@ -359,9 +359,10 @@ class Daemon:
     def _paced_detail(st: _Folder, until: float, now: float) -> str:
         assert st.pacer is not None
         at = dt.datetime.fromtimestamp(time.time() + (until - now), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cost = st.pacer.last_cost
+        size = f"{cost / 1e6:.1f} MB" if cost >= 1e6 else f"{cost / 1e3:.1f} kB"
         return (f"paced: changes go in the next revision at {at} (in {until - now:.0f} s): each revision "
-                f"writes a {st.pacer.last_cost / 1e6:.1f} MB manifest, and max_manifest_bytes_per_day = "
-                f"{st.config.max_manifest_bytes_per_day}")
+                f"writes a {size} manifest, and max_manifest_bytes_per_day = {st.config.max_manifest_bytes_per_day}")
 
     # -- metrics and health (service/monitor.py) ------------------------------------------
     def _note_health(self, result: CheckResult) -> None:
