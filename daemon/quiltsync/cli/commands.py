@@ -143,7 +143,6 @@ def status(ctx: Context, *, as_json: bool) -> int:
     return 0
 
 
-
 def _still_ahead(paced: str) -> bool:
     """A pacing row names the time of the next revision; once that passed it is history."""
     m = re.search(r" at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", paced)

@@ -61,8 +61,10 @@ def plain(e: Entry) -> bool:
 
 def canonical(lk: str, e: Entry) -> bytes:
     """An entry as quilt3's top hash encodes it (sorted keys, compact, ASCII)."""
-    if plain(e):
-        return _plain_canonical(lk, e)
+    return _plain_canonical(lk, e) if plain(e) else _json_canonical(lk, e)
+
+
+def _json_canonical(lk: str, e: Entry) -> bytes:
     return _CANON({"hash": e.hash.as_manifest(), "logical_key": lk, "meta": e.meta or {}, "size": e.size}).encode()
 
 
@@ -219,7 +221,7 @@ class ManifestWriter:
         try:
             line = (_LINE({"logical_key": lk, "physical_keys": [e.physical_key], "size": e.size,
                            "hash": h, "meta": meta}) + "\n").encode()
-            canon = None if plain(e) else canonical(lk, e)
+            canon = None if plain(e) else _json_canonical(lk, e)
         except ValueError as err:
             raise ManifestError(f"entry {lk!r}: {err}") from None
         if len(line) - 1 > self.max_record_bytes:

@@ -110,4 +110,3 @@ def pending_changes(scan: Mapping[str, FileStat], index: Mapping[str, Known]) ->
     """How many keys differ by stat alone (for status; no hashing, no network)."""
     changed = sum(1 for lk, st in scan.items() if (e := index.get(lk)) is None or e.stat != st)
     return changed + sum(1 for lk in index if lk not in scan)
-

@@ -153,7 +153,6 @@ def client_config(**overrides: Any) -> Any:
 
 def thread_client(purpose: str, **config: Any) -> Any:
     """One boto3 S3 client per thread, purpose and active settings (~0.2 s to build)."""
-
     settings = _state.active
     key = (settings, purpose, threading.get_ident())
     clients = _state.clients

@@ -72,7 +72,7 @@ class _Folder:
     root: RootState
     last_push: float | None = None  # wall time
     refused: str | None = None  # why the bucket's workflow refused its last push
-    pacer: Pacer | None = None  # the folder's manifest budget (core/pacing.py)
+    pacer: Pacer = field(default_factory=lambda: Pacer(0))  # the folder's manifest budget (core/pacing.py)
 
 
 @dataclass(slots=True)
@@ -271,8 +271,8 @@ class Daemon:
         generation = self.schedule.configure(f.package, Timing(f.settle_seconds, f.max_delay_seconds),
                                              self.clock())
         old = self.folders.get(f.package)
-        st = _Folder(f, self.pusher_factory(f, self.index), generation, RootState(f))
-        st.pacer = old.pacer if old is not None and old.pacer is not None else Pacer(f.max_manifest_bytes_per_day)
+        st = _Folder(f, self.pusher_factory(f, self.index), generation, RootState(f),
+                     pacer=old.pacer if old is not None else Pacer(f.max_manifest_bytes_per_day))
         st.pacer.retune(f.max_manifest_bytes_per_day)
         now = self.clock()
         until = st.pacer.ready_at(now)  # a new budget moves (or lifts) the wait at once
@@ -341,7 +341,6 @@ class Daemon:
     def _pace(self, package: str, st: _Folder, manifest_bytes: int, now: float) -> None:
         """A revision spent its manifest's bytes of the folder's budget: the next one
         may have to wait (shown by `status` through the stuck check's row)."""
-        assert st.pacer is not None
         st.pacer.spend(now, manifest_bytes)
         until = st.pacer.ready_at(now)
         if until <= now:
@@ -357,7 +356,6 @@ class Daemon:
 
     @staticmethod
     def _paced_detail(st: _Folder, until: float, now: float) -> str:
-        assert st.pacer is not None
         at = dt.datetime.fromtimestamp(time.time() + (until - now), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         cost = st.pacer.last_cost
         size = f"{cost / 1e6:.1f} MB" if cost >= 1e6 else f"{cost / 1e3:.1f} kB"

@@ -117,10 +117,12 @@ class Latest:
     meta: dict[str, Any]
     files: int
     unpinned: list[str]  # logical keys without a usable versionId, sorted
-    pinned: int
     page: Callable[[int, int], list[tuple[str, str]]]  # pinned (logical key, physical key), in key order
     entries: Callable[[], Mapping[str, Entry]]  # every entry (only where a workflow's entries schema asks)
-    source: str  # "index" | "manifest"
+
+    @property
+    def pinned(self) -> int:
+        return self.files - len(self.unpinned)
 
 
 def _latest(folder: FolderConfig, index: Index | None) -> Latest | QuiltsyncError | None:
@@ -145,11 +147,8 @@ def _from_index(index: Index, package: str, top_hash: str, meta: dict[str, Any])
     from quiltsync.remote.registry import version_id_of
 
     unpinned = [lk for lk, pk in index.unpinned_candidates(package) if version_id_of(pk) in (None, "null")]
-    files = index.count(package)
-    pinned = files - len(unpinned)
-    return Latest(top_hash, meta, files, unpinned, pinned,
-                  partial(index.pinned_page, package),
-                  lambda: {lk: r.entry for lk, r in index.files(package).items()}, "index")
+    return Latest(top_hash, meta, index.count(package), unpinned, partial(index.pinned_page, package),
+                  lambda: {lk: r.entry for lk, r in index.files(package).items()})
 
 
 def _from_revision(rev: Revision) -> Latest:
@@ -157,8 +156,8 @@ def _from_revision(rev: Revision) -> Latest:
 
     pinned = sorted((lk, e.physical_key) for lk, e in rev.entries.items()
                     if version_id_of(e.physical_key) not in (None, "null"))
-    return Latest(rev.top_hash, rev.meta, len(rev.entries), unpinned_keys(rev.entries), len(pinned),
-                  lambda start, n: pinned[start:start + n], lambda: rev.entries, "manifest")
+    return Latest(rev.top_hash, rev.meta, len(rev.entries), unpinned_keys(rev.entries),
+                  lambda start, n: pinned[start:start + n], lambda: rev.entries)
 
 
 def _read_workflows(bucket: str) -> Any:
