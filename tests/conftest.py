@@ -57,11 +57,13 @@ def local_s3() -> Iterator[LocalS3]:
 @pytest.fixture(autouse=True)
 def _s3_settings() -> Iterator[None]:
     """Each test starts and ends with the process's S3 settings and client caches reset."""
-    from quiltsync.remote import settings
+    from quiltsync.remote import settings, transfer
 
     settings.reset()
+    transfer.reset()
     yield
     settings.reset()
+    transfer.reset()
 
 
 @pytest.fixture

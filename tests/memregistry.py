@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from quiltsync.core.manifest import ManifestWriter
-from quiltsync.core.types import Entry, HashValue, Revision
+from quiltsync.core.types import Entry, Revision
 from quiltsync.errors import PushConflict
 from quiltsync.local.hashing import chunked_sha256
 from quiltsync.remote.registry import Published
@@ -58,7 +58,7 @@ class MemoryRegistry:
              deletes: Collection[str], *, message: str | None, meta: Mapping[str, object],
              writer: ManifestWriter, reused: Mapping[str, Entry] | None = None,
              changed_sources: Callable[[], list[str]] | None = None,
-             hash_source: Callable[[Path], HashValue] | None = None) -> Published:
+             progress: Callable[[object], None] | None = None) -> Published:
         with self._lock:
             if self.pointers.get(name) != (base.top_hash if base else None):
                 raise PushConflict(f"{name}: latest moved")

@@ -84,6 +84,9 @@ class DaemonConfig(_Strict):
 class S3Config(_Strict):
     endpoint_url: str | None = None
     region: str | None = None
+    # all folders together (remote/transfer.py): requests in flight, and a bandwidth cap (0 = none)
+    upload_concurrency: Annotated[int, Field(ge=1, le=256)] = 10
+    max_upload_bytes_per_second: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("endpoint_url")
     @classmethod

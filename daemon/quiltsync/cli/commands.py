@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -17,6 +19,7 @@ from quiltsync.config import Config, check_folders_exist, find_config_path, load
 from quiltsync.errors import QuiltsyncError
 from quiltsync.local.index import Index
 from quiltsync.remote import settings as s3settings
+from quiltsync.remote import transfer
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Context:
         config = load_config(path)
         logs.configure(config.daemon.log_level, config.daemon.log_format)
         s3settings.activate(s3settings.S3Settings.from_config(config.s3))
+        transfer.apply(config.s3)
         return cls(config, path, out)
 
     def index(self) -> Index:
@@ -63,9 +67,13 @@ def push(ctx: Context, only: str | None, *, allow_deletes: bool = False) -> int:
     failed = 0
     for folder in folders:
         pusher = FolderPusher(folder, index)
+        bar = ProgressBar(folder.package) if sys.stderr.isatty() else None  # nothing on a pipe
+        pusher.on_progress = bar
         try:
             for _ in range(3):  # files that changed during a push are pushed again
                 result = push_with_retries(pusher, attempts=3, allow_deletes=allow_deletes)
+                if bar is not None:
+                    bar.close()
                 if result.pushed:
                     ctx.emit(f"{result.package} {result.top_hash}")
                 if not result.changed_during_push:
@@ -73,7 +81,40 @@ def push(ctx: Context, only: str | None, *, allow_deletes: bool = False) -> int:
         except QuiltsyncError as e:
             failed += 1
             report_error(str(e), e.exit_code, package=folder.package)
+        finally:
+            if bar is not None:
+                bar.close()
     return 1 if failed else 0
+
+
+class ProgressBar:
+    """A terminal's progress bar (tqdm, on stderr) for one folder's uploads; fed from
+    upload threads with ``transfer.Progress``; a new upload (a retry) starts it anew."""
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+        self._bar: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, p: Any) -> None:
+        with self._lock:
+            if self._bar is None or p.bytes_done < self._bar.n:
+                self._close()
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=p.bytes_total, unit="B", unit_scale=True, unit_divisor=1024,
+                                 desc=self.package, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self._bar.set_postfix_str(f"{p.files_done}/{p.files_total} files", refresh=False)
+            self._bar.update(p.bytes_done - self._bar.n)
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 STATUS_SCAN_SECONDS = 15.0  # a folder on a share that does not answer: status says so and goes on

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -61,12 +62,14 @@ from quiltsync.local.scanner import RootUnavailable, Scan, make_ignore_spec, res
 from quiltsync.local.stillcopy import StillCopies
 from quiltsync.logs import get_logger
 from quiltsync.remote.registry import Registry, unpinned_keys, version_id_of
+from quiltsync.remote.transfer import Progress
 
 __all__ = ["FolderPusher", "PushResult", "push_with_retries"]
 
 MAX_CONFLICT_RETRIES = 5
 S3_MAX_KEY_BYTES = 1024
 HOT_NS = 2_000_000_000  # modified this recently: maybe still being written
+PROGRESS_SECONDS = 5.0  # push.progress at most this often during an upload
 
 
 @dataclass(slots=True)
@@ -120,6 +123,7 @@ class FolderPusher:
         self._refusal: str | None = None  # the refusal last logged: logged once, until a pass succeeds
         self._writer: ManifestWriter | None = None  # encodes only the entries that changed (core.manifest)
         self._racy: set[str] = set()  # keys of self._last whose recorded stat is racy: looked at every pass
+        self.on_progress: Callable[[Progress], None] | None = None  # every upload update (cli push's bar)
 
     @property
     def state_dir(self) -> Path:
@@ -419,6 +423,25 @@ class FolderPusher:
                     del uploads.sources[lk]
                     break
 
+    def _progress(self) -> Callable[[Progress], None]:
+        """An upload's progress: ``on_progress`` hears every update (from upload
+        threads); ``push.progress`` is logged at most every PROGRESS_SECONDS, so a
+        short push logs none."""
+        lock, hook = threading.Lock(), self.on_progress
+        last = [time.monotonic()]
+
+        def report(p: Progress) -> None:
+            if hook is not None:
+                hook(p)
+            now = time.monotonic()
+            with lock:
+                if now - last[0] < PROGRESS_SECONDS:
+                    return
+                last[0] = now
+            self.log.info("push.progress", bytes_done=p.bytes_done, bytes_total=p.bytes_total,
+                          files_done=p.files_done, files_total=p.files_total)
+        return report
+
     def _publish(self, plan: Plan, scan: Scan, base: Base, started: float, recorded_ns: int,
                  uploads: _Uploads) -> PushResult:
         self._reuse(base, uploads)
@@ -445,7 +468,7 @@ class FolderPusher:
             published = self.registry.push(self.folder.package, base.revision, uploads.sources, plan.deleted,
                                            message=message, meta=meta, writer=self._writer,
                                            reused=uploads.reused, changed_sources=changed_sources,
-                                           hash_source=hashing.chunked_sha256)
+                                           progress=self._progress())
         except SourceChanged as e:
             self._hot.update(e.keys)
             self.log.warning("push.aborted", keys=e.keys[:20], count=len(e.keys),

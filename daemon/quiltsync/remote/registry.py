@@ -13,7 +13,9 @@ checked: a manifest must hash to the top_hash it was asked for.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
 import re
 import tempfile
@@ -25,7 +27,7 @@ from typing import Any
 
 from quiltsync.core.manifest import ManifestError, ManifestWriter
 from quiltsync.core.manifest import parse_manifest as parse_manifest_bytes
-from quiltsync.core.types import Entry, HashValue, Revision
+from quiltsync.core.types import Entry, Revision
 from quiltsync.errors import (
     PermanentError,
     PushConflict,
@@ -33,14 +35,14 @@ from quiltsync.errors import (
     SourceChanged,
     TransientError,
 )
-from quiltsync.remote import settings
+from quiltsync.remote import settings, transfer
 from quiltsync.remote.settings import S3Settings
+from quiltsync.remote.transfer import Progress
 
 settings.import_quilt3()  # the environment quilt3 reads at import, set first (settings.py)
 
 import botocore.exceptions as bce  # noqa: E402
 import quilt3  # noqa: E402
-from quilt3 import checksums  # noqa: E402
 from quilt3.util import PhysicalKey, QuiltConflictException, QuiltException  # noqa: E402
 
 # Error codes after which retrying the same request cannot help.
@@ -366,26 +368,24 @@ class Registry:
         writer: ManifestWriter,
         reused: Mapping[str, Entry] | None = None,
         changed_sources: Callable[[], list[str]] | None = None,
-        hash_source: Callable[[Path], HashValue] | None = None,
+        progress: Callable[[Progress], None] | None = None,
     ) -> Published:
         """Publish ``base`` with ``uploads`` (logical key -> (local file, size)) and
         ``reused`` entries set and ``deletes`` removed, as a revision with the package
         metadata ``meta`` (``user_meta``, and ``workflow``: the stamp of
         ``workflow_stamp``) and the commit message ``message``.
 
-        What quilt3's ``Package.push`` does, with its own parts where they are
-        sound, and the manifest built by ``writer`` from the changed entries only
-        (docs/design.md, "The push path"): check that `latest` is still ``base``
-        (PushConflict otherwise); upload the files with quilt3's ``copy_file_list``
-        (entries: the versioned physical key and the SHA-256 checksum S3 answers);
-        after the uploads, ``changed_sources()`` names files that changed meanwhile
-        (quilt3 stores what it read, sized as recorded: a torn object), and if any,
-        nothing is published (SourceChanged); check `latest` again; write the
-        manifest, the timestamp pointer and `latest`, in that order (a reader never
-        sees a pointer to a manifest that is not there).
+        What quilt3's ``Package.push`` does, with quiltsync's own parts
+        (docs/design.md, "The push path" and "Uploads"): check that `latest` is still
+        ``base`` (PushConflict otherwise); upload the files (transfer.py: one read
+        each, Content-MD5 and SHA-256 from the bytes sent, the versionId from S3's
+        answer; ``progress`` hears how far it got); after the uploads,
+        ``changed_sources()`` names files that changed meanwhile, and if any, nothing
+        is published (SourceChanged); check `latest` again; write the manifest
+        (built by ``writer`` from the changed entries only), the timestamp pointer and
+        `latest`, in that order (a reader never sees a pointer to a manifest that is
+        not there).
         """
-        from quilt3.data_transfer import copy_file_list
-
         self._check_active()
         if base is not None and base.registry != self.identity:
             # Entries carry object versions of the registry they came from: built on a
@@ -401,18 +401,11 @@ class Registry:
         with mapped_errors(what):
             self._check_latest(name, expected)
             keys = list(uploads)
-            file_list = [(PhysicalKey.from_path(str(uploads[lk][0])),
-                          PhysicalKey(self.bucket, f"{name}/{lk}", None), uploads[lk][1]) for lk in keys]
-            results = copy_file_list(file_list, message="Copying objects") if file_list else []
-            for lk, (versioned, checksum) in zip(keys, results, strict=True):
-                path, size = uploads[lk]
-                if checksum is not None:
-                    digest = HashValue(checksums.DEFAULT_HASH, checksum)
-                elif hash_source is not None:  # before the check below: a change while hashing aborts too
-                    digest = hash_source(path)
-                else:
-                    raise PermanentError(f"{what}: S3 returned no checksum for {lk!r}")
-                entries[lk] = Entry(digest, size, str(versioned), None)
+            files = [transfer.Upload(f"{name}/{lk}", *uploads[lk]) for lk in keys]
+            stored = transfer.transfers().upload(self._upload_client, self.identity, self.bucket, files,
+                                                 progress) if files else []
+            for lk, up, got in zip(keys, files, stored, strict=True):
+                entries[lk] = Entry(got.hash, got.size, str(PhysicalKey(self.bucket, up.key, got.version_id)), None)
             changed = changed_sources() if changed_sources else []
             if changed:
                 raise SourceChanged(changed)
@@ -424,13 +417,23 @@ class Registry:
             self._check_latest(name, expected)  # again, just before writing: as quilt3 does
             root = ".quilt/named_packages/" + name
             with tempfile.TemporaryFile() as manifest:  # from disk: no joined copy of every line in memory
-                manifest.writelines(built.parts)
+                md5 = hashlib.md5()
+                for part in built.parts:
+                    manifest.write(part)
+                    md5.update(part)
                 manifest.seek(0)
-                self.s3.put_object(Bucket=self.bucket, Key=f".quilt/packages/{built.top_hash}", Body=manifest)
+                self.s3.put_object(Bucket=self.bucket, Key=f".quilt/packages/{built.top_hash}", Body=manifest,
+                                   ContentMD5=base64.b64encode(md5.digest()).decode())
             pointer = built.top_hash.encode()
-            self.s3.put_object(Bucket=self.bucket, Key=f"{root}/{int(time.time())}", Body=pointer)
-            self.s3.put_object(Bucket=self.bucket, Key=f"{root}/latest", Body=pointer)
+            pointer_md5 = base64.b64encode(hashlib.md5(pointer).digest()).decode()
+            self.s3.put_object(Bucket=self.bucket, Key=f"{root}/{int(time.time())}", Body=pointer,
+                               ContentMD5=pointer_md5)
+            self.s3.put_object(Bucket=self.bucket, Key=f"{root}/latest", Body=pointer, ContentMD5=pointer_md5)
         return Published(Revision(built.top_hash, header, entries, self.identity), built.size)
+
+    @staticmethod
+    def _upload_client() -> Any:
+        return settings.thread_client("upload")
 
     @staticmethod
     def manifest_writer() -> ManifestWriter:
@@ -546,6 +549,23 @@ def bucket_versioning(bucket: str, *, max_age_s: float = _VERSIONING_TTL_S) -> s
     else:
         cache.pop(key, None)
     return status
+
+
+def upload_mode(bucket: str, *, fresh: bool = False) -> str:
+    """What the server verifies of quiltsync's uploads to ``bucket``: transfer.MODE_SHA256
+    (Content-MD5 and S3's SHA-256 checksums) or transfer.MODE_MD5 (no flexible
+    checksums: Content-MD5 only). Learned from the uploads, or from one small probe
+    PUT (then deleted with its version) when ``fresh`` or not known yet. Raises
+    TransientError / PermanentError when the probe cannot be written."""
+    identity = settings.active().identity(bucket)
+    known = transfer.transfers().mode(identity)
+    if known is not None and not fresh:
+        return known
+    import uuid
+
+    key = f".quilt/quiltsync-probe/{uuid.uuid4().hex}"
+    with mapped_errors(f"uploading a probe object to s3://{bucket}"):
+        return transfer.transfers().probe(_quick_client(), identity, bucket, key)
 
 
 def unpinned_keys(entries: Mapping[str, Entry]) -> list[str]:

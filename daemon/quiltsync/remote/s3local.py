@@ -135,8 +135,8 @@ def _b(x: bytes | str) -> bytes:
 class _Recorder:
     """WSGI middleware: records each request, and may answer some with a fault."""
 
-    def __init__(self, app: Callable[..., Any]) -> None:
-        self.app = app
+    def __init__(self, app: Callable[..., Any], *, checksums: bool = True) -> None:
+        self.app = app if checksums else _WithoutChecksums(app)
         self.requests: list[Request] = []
         self.lock = threading.Lock()
         self.fault: Callable[[Request], tuple[Any, Any] | None] | None = None
@@ -185,16 +185,47 @@ class _Recorder:
         return [body[:keep]]
 
 
+class _WithoutChecksums:
+    """WSGI middleware: an S3 server without flexible checksums, like Ceph RGW before 19
+    (FACTS.md): checksum request headers are ignored, and no answer carries a checksum
+    (no ``x-amz-checksum-*`` header, no ``<Checksum...>`` element)."""
+
+    _ELEMENT = re.compile(rb"<Checksum[A-Za-z0-9]*>[^<]*</Checksum[A-Za-z0-9]*>")
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        for k in [k for k in environ if k.startswith(("HTTP_X_AMZ_CHECKSUM", "HTTP_X_AMZ_SDK_CHECKSUM"))]:
+            del environ[k]
+        got: list[Any] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+            got[:] = [status, [(k, v) for k, v in headers if not k.lower().startswith("x-amz-checksum")], exc]
+            return lambda _data: None  # no write() callable use in moto
+
+        body = b"".join(_b(x) for x in self.app(environ, capture))
+        status, headers, exc = got
+        if environ["REQUEST_METHOD"] in ("POST", "PUT"):  # small XML answers
+            body = self._ELEMENT.sub(b"", body)
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers, *exc)
+        return [body]
+
+
 class LocalS3:
     """moto's S3 server on 127.0.0.1 at a free port, in this process.
+    ``checksums=False``: a server without S3's flexible checksums (``_WithoutChecksums``).
 
     >>> with LocalS3() as s3:
     ...     s3.create_bucket("demo", versioning=True)
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, checksums: bool = True) -> None:
         self.host = host
         self.port = port
+        self.checksums = checksums
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._recorder: _Recorder | None = None
@@ -209,7 +240,7 @@ class LocalS3:
         _patch_moto()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         app = DomainDispatcherApplication(create_backend_app)
-        self._recorder = _Recorder(app)
+        self._recorder = _Recorder(app, checksums=self.checksums)
         self._server = make_server(self.host, self.port, self._recorder, threaded=True,
                                    request_handler=MotoRequestHandler)
         self.port = self._server.server_port

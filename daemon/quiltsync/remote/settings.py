@@ -147,6 +147,10 @@ def client_config(**overrides: Any) -> Any:
         "connect_timeout": 10,
         "read_timeout": 60,
         "max_pool_connections": PARALLEL_PUSHES * per_push + 10,
+        # No checksum botocore computes by itself (CRC32 in a header or an aws-chunked
+        # trailer, which S3 servers without flexible checksums reject): quiltsync sends
+        # Content-MD5 and SHA-256 it computed from the bytes it sends (transfer.py).
+        "request_checksum_calculation": "when_required",
     }
     return botocore.config.Config(**{**base, **overrides})
 

@@ -40,6 +40,7 @@ from quiltsync.local.index import Index
 from quiltsync.local.locks import DaemonLock
 from quiltsync.logs import get_logger
 from quiltsync.remote import settings as s3settings
+from quiltsync.remote import transfer
 from quiltsync.service.health import CheckResult
 from quiltsync.service.monitor import HealthMonitor, start_metrics
 from quiltsync.service.notify import Notifier
@@ -132,6 +133,7 @@ class Daemon:
         self._lock.acquire()  # a second daemon on this state_dir stops here (AlreadyRunning)
         self.index = Index(self.config.daemon.state_dir / "index.sqlite3")
         s3settings.activate(s3settings.S3Settings.from_config(self.config.s3))
+        transfer.apply(self.config.s3)
         self._install_signals()
         if self.watch:
             from quiltsync.local.watcher import Watcher
@@ -435,6 +437,7 @@ class Daemon:
         changed = sorted(p for p in set(old) & set(fresh) if moved or old[p] != fresh[p])
         self.config = new
         s3settings.activate(s3settings.S3Settings.from_config(new.s3))
+        transfer.apply(new.s3)
         for p in removed:
             self._remove_folder(p)
         for p in changed + added:

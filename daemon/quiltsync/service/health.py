@@ -1,9 +1,8 @@
 """Health checks: can every folder be versioned safely, and is quilt3's cache sound?
 
 Each check has a name used in ``health.*`` events and in ``quiltsync check``:
-registry, versioning, manifest_pinned, workflow, credentials, cache, watches,
-stuck. A
-result is ``fail`` (versions are at risk: `check` exits 1) or ``warn`` (worth
+registry, versioning, uploads, lifecycle, manifest_pinned, workflow,
+credentials, cache, watches, stuck. A result is ``fail`` (versions are at risk: `check` exits 1) or ``warn`` (worth
 fixing: a stale cache, a credentials override). Network checks use a client
 with short timeouts and run off the daemon's push loop.
 """
@@ -57,6 +56,7 @@ def run_all(config: Config, *, installed_watches: Callable[[], int] | None = Non
         if r.ok:
             reachable.add(bucket)
             out.append(check_versioning(bucket, folders))
+            out.append(check_uploads(bucket, fresh=installed_watches is None))
             out.append(check_lifecycle(bucket, folders))
             workflows = _read_workflows(bucket)
             for f in folders:
@@ -105,6 +105,29 @@ def check_versioning(bucket: str, folders: list[FolderConfig]) -> CheckResult:
                        f"{why}: an old top_hash would restore the newest bytes; {fix}"
                        + ("; pushing anyway (allow_unversioned = true)" if allowed else
                           "; pushes are refused until then"))
+
+
+def check_uploads(bucket: str, *, fresh: bool = True) -> CheckResult:
+    """Which checksums the server verifies, and that an upload works: S3 (and servers
+    with its flexible checksums) verify Content-MD5 and SHA-256; servers without
+    them (Ceph RGW before 19, other S3-compatible stores) verify Content-MD5, and
+    quiltsync computes quilt3's hash itself either way (remote/transfer.py).
+    ``fresh``: probe even if uploads already told (``check``); the daemon relies on
+    what its uploads and its last probe (at most a day ago) found."""
+    from quiltsync.remote.registry import upload_mode
+    from quiltsync.remote.transfer import MODE_SHA256
+
+    target = f"s3://{bucket}"
+    try:
+        mode = upload_mode(bucket, fresh=fresh)
+    except QuiltsyncError as e:
+        return CheckResult("uploads", target, "fail", f"cannot upload: {e}")
+    if mode == MODE_SHA256:
+        return CheckResult("uploads", target, "ok", "the server verifies S3 SHA-256 checksums: each upload "
+                                                    "carries Content-MD5 and SHA-256 of the bytes sent")
+    return CheckResult("uploads", target, "ok", "the server has no S3 flexible checksums (like Ceph RGW before "
+                                                "19): each upload carries Content-MD5 of the bytes sent, which "
+                                                "it verifies, and quiltsync hashes what it sends; uploads work")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,442 @@
+"""quiltsync's own upload path: one read per file, checksums the server verifies.
+
+quilt3 8.0 uploads by asking S3 to compute SHA-256 checksums and reads
+``ChecksumSHA256`` from every answer; a server without S3's flexible checksums
+(Ceph RGW before 19, other S3-compatible stores) makes it raise ``KeyError``. And
+over plain http botocore reads a file three times (its request checksum, the
+SigV4 payload hash, the send). This module uploads instead (docs/design.md,
+"Uploads"):
+
+- each file, or each part of a large one, is read once into a buffer; quilt3's
+  ``sha2-256-chunked`` hash (local/hashing.py) is computed from that buffer, the
+  bytes that are sent, so an entry's hash is always of the bytes S3 stored;
+- every PUT and part carries ``Content-MD5``, which every S3 implementation
+  checks; ``ChecksumSHA256`` as well while the server answers with it (it then
+  verifies that too); a server that never answers with it is remembered as a
+  Content-MD5-only server, and nothing depends on the field;
+- parts use quilt3's part sizes (8 MiB, doubled past 10,000 parts), so the
+  hash equals S3's composite checksum and what quilt3 computes for the bytes;
+- the version id comes from S3's answer (PutObject, CompleteMultipartUpload);
+- ``Transfers`` is process-wide: ``upload_concurrency`` requests in flight for
+  all folders together, and one bandwidth cap (``max_upload_bytes_per_second``)
+  applied while bytes are sent (not while botocore hashes them for signing).
+
+A file that is shorter than recorded when read raises SourceChanged (the push
+aborts and the file goes up from a still copy next round); the caller's stat
+check catches a file that changed during its upload, as before.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quiltsync.core.types import HashValue
+from quiltsync.errors import SourceChanged
+from quiltsync.local import hashing
+
+DEFAULT_CONCURRENCY = 10
+BUFFER_BYTES = 128 * 1024 * 1024  # part buffers held at once, all uploads together
+BURST_SECONDS = 0.05  # credit a capped upload may build up while idle
+PROBE_TTL_S = 24 * 3600.0
+
+MODE_SHA256 = "sha256"  # the server verifies Content-MD5 and ChecksumSHA256
+MODE_MD5 = "md5"  # no S3 flexible checksums: the server verifies Content-MD5
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One file to upload: its logical key, where it is, the size it was recorded at."""
+
+    key: str  # the object key in the bucket
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What S3 stored for an ``Upload``: its version and quilt3's hash of its bytes."""
+
+    version_id: str | None
+    hash: HashValue
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+
+
+class Bandwidth:
+    """A shared upload rate cap (bytes/s; 0 = none): each caller waits its turn, so
+    all uploads together stay at the rate. The clock and sleep are passed in."""
+
+    def __init__(self, rate: float = 0.0, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate = float(rate)
+        self.clock = clock
+        self.sleep = sleep
+        self._lock = threading.Lock()
+        self._next = 0.0  # when the link is free again, at the capped rate
+
+    def set_rate(self, rate: float) -> None:
+        with self._lock:
+            self.rate = float(rate)
+
+    def delay(self, n: int) -> float:
+        """Book ``n`` bytes; how long the caller must wait before sending them."""
+        with self._lock:
+            if self.rate <= 0:
+                return 0.0
+            now = self.clock()
+            start = max(self._next, now - BURST_SECONDS)
+            self._next = start + n / self.rate
+            return max(0.0, start - now)
+
+    def take(self, n: int) -> None:
+        wait = self.delay(n)
+        if wait > 0:
+            self.sleep(wait)
+
+
+class _Body:
+    """A request body over a buffer: botocore may read it to sign it (``sending``
+    False, set by the client hooks around signing), then reads it to send it, when
+    the bandwidth cap and the progress count apply. Seekable, so retries resend it."""
+
+    def __init__(self, data: bytes | memoryview, limit: Bandwidth, sent: Callable[[int], None]) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._high = 0  # bytes counted as sent (a retry resends without counting again)
+        self._limit = limit
+        self._sent = sent
+        self.sending = True
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n is None or n < 0 else min(len(self._data), self._pos + n)
+        chunk = self._data[self._pos:end]
+        if self.sending and chunk:
+            self._limit.take(len(chunk))
+            if end > self._high:
+                self._sent(end - self._high)
+                self._high = end
+        self._pos = end
+        return bytes(chunk)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._data)}[whence]
+        self._pos = max(0, min(len(self._data), base + pos))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+def _signing(request: Any, **_kw: Any) -> None:
+    if isinstance(request.body, _Body):
+        request.body.sending = False
+
+
+def _signed(request: Any, **_kw: Any) -> None:
+    if isinstance(request.body, _Body):
+        request.body.sending = True
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _quilt_hash(part_digests: Sequence[bytes]) -> HashValue:
+    """quilt3's sha2-256-chunked from the parts' SHA-256 digests (none: an empty file)."""
+    return HashValue(hashing.CHUNKED, _b64(hashlib.sha256(b"".join(part_digests)).digest()))
+
+
+class _Tally:
+    """Progress of one ``upload`` call, reported to its callback (any thread)."""
+
+    def __init__(self, total_bytes: int, total_files: int, report: Callable[[Progress], None] | None) -> None:
+        self._lock = threading.Lock()
+        self.bytes = 0
+        self.files = 0
+        self.total = (total_bytes, total_files)
+        self._report = report
+
+    def sent(self, n: int) -> None:
+        with self._lock:
+            self.bytes += n
+            p = Progress(self.bytes, self.total[0], self.files, self.total[1])
+        if self._report is not None:
+            self._report(p)
+
+    def finished(self) -> None:
+        with self._lock:
+            self.files += 1
+            p = Progress(self.bytes, self.total[0], self.files, self.total[1])
+        if self._report is not None:
+            self._report(p)
+
+
+class Transfers:
+    """The process's uploads: a pool of ``concurrency`` request threads and one
+    bandwidth cap, shared by every folder; and what each server was found to
+    verify (Content-MD5 and SHA-256, or Content-MD5 only)."""
+
+    def __init__(self, concurrency: int = DEFAULT_CONCURRENCY, max_bytes_per_second: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self.concurrency = max(1, concurrency)
+        self.bandwidth = Bandwidth(max_bytes_per_second)
+        self._pool: ThreadPoolExecutor | None = None
+        self._buffers = threading.BoundedSemaphore(max(2, BUFFER_BYTES // hashing.PART_SIZE))
+        self._modes: dict[str, tuple[float, str]] = {}  # endpoint identity -> (when, mode)
+
+    def configure(self, concurrency: int, max_bytes_per_second: float) -> None:
+        """New limits (a reload): uploads in flight finish on the old pool."""
+        with self._lock:
+            if max(1, concurrency) != self.concurrency and self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None
+            self.concurrency = max(1, concurrency)
+        self.bandwidth.set_rate(max_bytes_per_second)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="upload")
+            return self._pool
+
+    # -- what the server verifies ---------------------------------------------
+    def mode(self, identity: str) -> str | None:
+        hit = self._modes.get(identity)
+        return hit[1] if hit is not None and time.monotonic() - hit[0] < PROBE_TTL_S else None
+
+    def _learn(self, identity: str, answer: dict[str, Any]) -> str:
+        mode = MODE_SHA256 if answer.get("ChecksumSHA256") else MODE_MD5
+        if self.mode(identity) != mode:
+            self._modes[identity] = (time.monotonic(), mode)
+        return mode
+
+    def probe(self, client: Any, identity: str, bucket: str, key: str) -> str:
+        """Which checksums the server verifies, learned from one small PUT (with both)
+        that is then deleted (its version: nothing is left in a versioned bucket)."""
+        data = b"quiltsync upload probe\n"
+        answer = client.put_object(Bucket=bucket, Key=key, Body=data, **_checksums(data, MODE_SHA256))
+        try:
+            return self._learn(identity, answer)
+        finally:
+            vid = answer.get("VersionId")
+            client.delete_object(Bucket=bucket, Key=key, **({"VersionId": vid} if vid else {}))
+
+    # -- uploads --------------------------------------------------------------
+    def client(self, make: Callable[[], Any]) -> Any:
+        """The upload client from ``make``, with the hooks that tell signing from sending
+        (registered once per client: botocore keeps one handler per unique_id)."""
+        c = make()
+        events = c.meta.events
+        events.register_first("request-created.s3", _signing, unique_id="quiltsync-signing")
+        events.register_last("request-created.s3", _signed, unique_id="quiltsync-signed")
+        return c
+
+    def upload(self, make_client: Callable[[], Any], identity: str, bucket: str, files: Sequence[Upload],
+               progress: Callable[[Progress], None] | None = None) -> list[Stored]:
+        """Upload ``files``; what S3 stored for each, in order. On any failure the
+        uploads not yet started are cancelled, multipart uploads aborted, and the
+        first error raised (SourceChanged names every file found changed)."""
+        tally = _Tally(sum(f.size for f in files), len(files), progress)
+        pool = self._executor()
+        jobs: list[_Job] = []
+        try:
+            for f in files:
+                job = _Job(self, make_client, identity, bucket, f, tally)
+                jobs.append(job)  # before submit: a failed submit still aborts what it started
+                job.submit(pool)
+            out = [job.result() for job in jobs]
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            changed = sorted({k for job in jobs for k in job.changed})
+            if changed:
+                raise SourceChanged(changed) from None
+            raise
+        return out
+
+
+def _checksums(data: bytes | memoryview, mode: str | None) -> dict[str, str]:
+    """Content-MD5 always; ChecksumSHA256 unless the server is known not to check it."""
+    out = {"ContentMD5": _b64(hashlib.md5(data).digest())}
+    if mode != MODE_MD5:  # with the algorithm named, as SDKs send it (some servers echo only then)
+        out["ChecksumAlgorithm"] = "SHA256"
+        out["ChecksumSHA256"] = _b64(hashlib.sha256(data).digest())
+    return out
+
+
+class _Job:
+    """One file's upload: a single PUT, or a multipart upload whose parts run in the pool."""
+
+    def __init__(self, owner: Transfers, make_client: Callable[[], Any], identity: str, bucket: str,
+                 f: Upload, tally: _Tally) -> None:
+        self.owner, self.make_client, self.identity, self.bucket, self.f, self.tally = \
+            owner, make_client, identity, bucket, f, tally
+        self.psize = hashing.part_size(f.size)
+        self.multipart = f.size > hashing.PART_SIZE
+        self.futures: list[Future[Any]] = []
+        self.upload_id: str | None = None
+        self.mode: str | None = None
+        self.changed: list[str] = []
+        self._fd: int | None = None
+
+    def _client(self) -> Any:
+        return self.owner.client(self.make_client)
+
+    def submit(self, pool: ThreadPoolExecutor) -> None:
+        if not self.multipart:
+            self.futures.append(pool.submit(self._put))
+            return
+        self.mode = self.owner.mode(self.identity)
+        extra = {"ChecksumAlgorithm": "SHA256"} if self.mode != MODE_MD5 else {}
+        self.upload_id = self._client().create_multipart_upload(Bucket=self.bucket, Key=self.f.key,
+                                                                **extra)["UploadId"]
+        try:
+            self._fd = os.open(self.f.path, os.O_RDONLY)
+        except FileNotFoundError:
+            self.changed.append(self.f.key)
+            raise SourceChanged([self.f.key]) from None
+        for number, offset in enumerate(range(0, self.f.size, self.psize), start=1):
+            self.futures.append(pool.submit(self._part, number, offset))
+
+    def _read(self, fd: int, offset: int, n: int) -> bytes:
+        data = os.pread(fd, n, offset)
+        if len(data) != n:
+            self.changed.append(self.f.key)
+            raise SourceChanged([self.f.key])
+        return data
+
+    def _put(self) -> Stored:
+        f = self.f
+        mode = self.owner.mode(self.identity)
+        with self.owner._buffers if f.size > hashing.PART_SIZE // 8 else _nothing():
+            try:
+                fd = os.open(f.path, os.O_RDONLY)
+            except FileNotFoundError:
+                self.changed.append(f.key)
+                raise SourceChanged([f.key]) from None
+            try:
+                data = self._read(fd, 0, f.size)
+                if os.pread(fd, 1, f.size):  # longer than recorded: it is being written
+                    self.changed.append(f.key)
+                    raise SourceChanged([f.key])
+            finally:
+                os.close(fd)
+            sums = _checksums(data, mode)
+            body = _Body(data, self.owner.bandwidth, self.tally.sent)
+            answer = self._client().put_object(Bucket=self.bucket, Key=f.key, Body=body, **sums)
+        self.owner._learn(self.identity, answer)
+        self.tally.finished()
+        part = [] if f.size == 0 else [base64.b64decode(sums["ChecksumSHA256"]) if "ChecksumSHA256" in sums
+                                       else hashlib.sha256(data).digest()]
+        return Stored(answer.get("VersionId"), _quilt_hash(part), f.size)
+
+    def _part(self, number: int, offset: int) -> tuple[dict[str, Any], bytes]:
+        assert self._fd is not None and self.upload_id is not None
+        n = min(self.psize, self.f.size - offset)
+        with self.owner._buffers:
+            data = self._read(self._fd, offset, n)
+            digest = hashlib.sha256(data).digest()
+            sums = {"ContentMD5": _b64(hashlib.md5(data).digest())}
+            if self.mode != MODE_MD5:
+                sums.update(ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(digest))
+            body = _Body(data, self.owner.bandwidth, self.tally.sent)
+            answer = self._client().upload_part(Bucket=self.bucket, Key=self.f.key, UploadId=self.upload_id,
+                                                PartNumber=number, Body=body, **sums)
+        part = {"ETag": answer["ETag"], "PartNumber": number}
+        if "ChecksumSHA256" in sums:
+            part["ChecksumSHA256"] = sums["ChecksumSHA256"]
+        return part, digest
+
+    def result(self) -> Stored:
+        if not self.multipart:
+            return self.futures[0].result()
+        try:
+            parts = [fut.result() for fut in self.futures]
+            if self._fd is not None and os.fstat(self._fd).st_size != self.f.size:
+                self.changed.append(self.f.key)
+                raise SourceChanged([self.f.key])
+            answer = self._client().complete_multipart_upload(
+                Bucket=self.bucket, Key=self.f.key, UploadId=self.upload_id,
+                MultipartUpload={"Parts": [p for p, _d in parts]})
+        finally:
+            self._close()
+        self.upload_id = None
+        self.tally.finished()
+        return Stored(answer.get("VersionId"), _quilt_hash([d for _p, d in parts]), self.f.size)
+
+    def cancel(self) -> None:
+        for fut in self.futures:
+            fut.cancel()
+        for fut in self.futures:
+            if not fut.cancelled():
+                try:
+                    fut.result()
+                except BaseException:  # the first error is the one raised
+                    pass
+        self._close()
+        if self.upload_id is not None:
+            try:
+                self._client().abort_multipart_upload(Bucket=self.bucket, Key=self.f.key, UploadId=self.upload_id)
+            except Exception:  # best effort; prune removes what an abort leaves
+                pass
+            self.upload_id = None
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_transfers = Transfers()
+
+
+def transfers() -> Transfers:
+    """The process's one ``Transfers``."""
+    return _transfers
+
+
+def apply(s3: Any) -> None:
+    """The config's ``[s3]`` limits (``config.S3Config``), at start and at a reload."""
+    _transfers.configure(s3.upload_concurrency, s3.max_upload_bytes_per_second)
+
+
+def reset() -> None:
+    """Default limits and nothing learned about servers (tests)."""
+    global _transfers
+    old, _transfers = _transfers, Transfers()
+    if old._pool is not None:
+        old._pool.shutdown(wait=False)
+
