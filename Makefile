@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint test-systemd soak bench venv clean
+.PHONY: demo test test-fast lint test-systemd test-s3-ceph soak bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,12 +30,17 @@ test-fast: lint
 	$(BIN)/python -m pytest -q $(FAST_TESTS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon tests bench tests_systemd
+	$(BIN)/ruff check daemon tests bench tests_systemd tests_ceph
 	$(BIN)/mypy
 
 # Root only: boots systemd as PID 1 of new namespaces and runs the real unit.
 test-systemd: $(STAMP)
 	$(BIN)/python -m pytest -q tests_systemd
+
+# Root only, with Debian's ceph-mon, ceph-osd, radosgw and ceph-common: a one-node Ceph
+# cluster on 127.0.0.1 (tests/s3ceph.py), an S3 server without flexible checksums.
+test-s3-ceph: $(STAMP)
+	$(BIN)/python -m pytest -q tests_ceph
 
 # 200 crash trials (SIGKILL at random moments during edits and pushes); CI runs 20.
 soak: $(STAMP)
@@ -50,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/daemon.py idle
 	$(BIN)/python bench/polling.py
 	$(BIN)/python bench/cost.py
+	$(BIN)/python bench/transfer.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info daemon/*.egg-info

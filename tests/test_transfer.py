@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Setup, json_events, manifest_files, write_config
 
+from conftest import Setup, manifest_files, write_config
 from quiltsync.local import hashing
 from quiltsync.remote import settings, transfer
 from quiltsync.remote.s3local import LocalS3

@@ -9,26 +9,14 @@ composite multipart SHA-256, which is what lets quilt3 take hashes from S3.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import math
 import os
 
+from quiltsync.core.quilthash import CHUNKED, LEGACY, PART_SIZE, chunked, part_size
 from quiltsync.core.types import HashValue
 
-PART_SIZE = 8 * 1024 * 1024
-MAX_PARTS = 10_000
+__all__ = ["CHUNKED", "LEGACY", "PART_SIZE", "chunked_sha256", "hash_like", "legacy_sha256", "part_size"]
 _READ = 1024 * 1024
-
-CHUNKED = "sha2-256-chunked"
-LEGACY = "SHA256"
-
-
-def part_size(file_size: int) -> int:
-    size = PART_SIZE
-    while math.ceil(file_size / size) > MAX_PARTS:
-        size *= 2
-    return size
 
 
 def chunked_sha256(path: str | os.PathLike[str]) -> HashValue:
@@ -49,8 +37,7 @@ def chunked_sha256(path: str | os.PathLike[str]) -> HashValue:
                 left -= len(block)
             remaining -= min(psize, remaining)
             digests.append(h.digest())
-    combined = hashlib.sha256(b"".join(digests)).digest()  # no parts (empty file): sha256(b"")
-    return HashValue(CHUNKED, base64.b64encode(combined).decode())
+    return chunked(digests)  # no parts (empty file): sha256(b"")
 
 
 def legacy_sha256(path: str | os.PathLike[str]) -> HashValue:

@@ -8,7 +8,7 @@ SigV4 payload hash, the send). This module uploads instead (docs/design.md,
 "Uploads"):
 
 - each file, or each part of a large one, is read once into a buffer; quilt3's
-  ``sha2-256-chunked`` hash (local/hashing.py) is computed from that buffer, the
+  ``sha2-256-chunked`` hash (core/quilthash.py) is computed from that buffer, the
   bytes that are sent, so an entry's hash is always of the bytes S3 stored;
 - every PUT and part carries ``Content-MD5``, which every S3 implementation
   checks; ``ChecksumSHA256`` as well while the server answers with it (it then
@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quiltsync.core import quilthash
 from quiltsync.core.types import HashValue
 from quiltsync.errors import SourceChanged
-from quiltsync.local import hashing
 
 DEFAULT_CONCURRENCY = 10
 BUFFER_BYTES = 128 * 1024 * 1024  # part buffers held at once, all uploads together
@@ -166,11 +166,6 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def _quilt_hash(part_digests: Sequence[bytes]) -> HashValue:
-    """quilt3's sha2-256-chunked from the parts' SHA-256 digests (none: an empty file)."""
-    return HashValue(hashing.CHUNKED, _b64(hashlib.sha256(b"".join(part_digests)).digest()))
-
-
 class _Tally:
     """Progress of one ``upload`` call, reported to its callback (any thread)."""
 
@@ -206,7 +201,7 @@ class Transfers:
         self.concurrency = max(1, concurrency)
         self.bandwidth = Bandwidth(max_bytes_per_second)
         self._pool: ThreadPoolExecutor | None = None
-        self._buffers = threading.BoundedSemaphore(max(2, BUFFER_BYTES // hashing.PART_SIZE))
+        self._buffers = threading.BoundedSemaphore(max(2, BUFFER_BYTES // quilthash.PART_SIZE))
         self._modes: dict[str, tuple[float, str]] = {}  # endpoint identity -> (when, mode)
 
     def configure(self, concurrency: int, max_bytes_per_second: float) -> None:
@@ -296,8 +291,8 @@ class _Job:
                  f: Upload, tally: _Tally) -> None:
         self.owner, self.make_client, self.identity, self.bucket, self.f, self.tally = \
             owner, make_client, identity, bucket, f, tally
-        self.psize = hashing.part_size(f.size)
-        self.multipart = f.size > hashing.PART_SIZE
+        self.psize = quilthash.part_size(f.size)
+        self.multipart = f.size > quilthash.PART_SIZE
         self.futures: list[Future[Any]] = []
         self.upload_id: str | None = None
         self.mode: str | None = None
@@ -333,7 +328,7 @@ class _Job:
     def _put(self) -> Stored:
         f = self.f
         mode = self.owner.mode(self.identity)
-        with self.owner._buffers if f.size > hashing.PART_SIZE // 8 else _nothing():
+        with self.owner._buffers if f.size > quilthash.PART_SIZE // 8 else _nothing():
             try:
                 fd = os.open(f.path, os.O_RDONLY)
             except FileNotFoundError:
@@ -353,7 +348,7 @@ class _Job:
         self.tally.finished()
         part = [] if f.size == 0 else [base64.b64decode(sums["ChecksumSHA256"]) if "ChecksumSHA256" in sums
                                        else hashlib.sha256(data).digest()]
-        return Stored(answer.get("VersionId"), _quilt_hash(part), f.size)
+        return Stored(answer.get("VersionId"), quilthash.chunked(part), f.size)
 
     def _part(self, number: int, offset: int) -> tuple[dict[str, Any], bytes]:
         assert self._fd is not None and self.upload_id is not None
@@ -387,7 +382,7 @@ class _Job:
             self._close()
         self.upload_id = None
         self.tally.finished()
-        return Stored(answer.get("VersionId"), _quilt_hash([d for _p, d in parts]), self.f.size)
+        return Stored(answer.get("VersionId"), quilthash.chunked([d for _p, d in parts]), self.f.size)
 
     def cancel(self) -> None:
         for fut in self.futures:
