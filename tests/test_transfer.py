@@ -135,10 +135,10 @@ def test_a_file_shorter_than_recorded_aborts_its_upload_and_leaves_no_multipart(
     p = setup.folder / "shrinks.bin"
     p.write_bytes(os.urandom(12 * MIB))
     bucket = setup.registry.removeprefix("s3://")
-    files = [transfer.Upload(f"{setup.package}/shrinks.bin", p, 20 * MIB)]
+    files = [transfer.Upload(f"{setup.package}/shrinks.bin", p, 20 * MIB, name="shrinks.bin")]
     with pytest.raises(SourceChanged) as e:
         transfer.transfers().upload(lambda: settings.thread_client("upload"), setup.registry, bucket, files)
-    assert e.value.keys == [f"{setup.package}/shrinks.bin"]
+    assert e.value.keys == ["shrinks.bin"]
     c = settings.thread_client("check")
     assert not c.list_multipart_uploads(Bucket=bucket).get("Uploads")
     assert not c.list_object_versions(Bucket=bucket, Prefix=setup.package).get("Versions")
@@ -147,7 +147,8 @@ def test_a_file_shorter_than_recorded_aborts_its_upload_and_leaves_no_multipart(
 def test_progress_counts_every_byte_once_and_push_progress_is_logged_for_a_long_upload(
         setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 6 MiB push capped at 2 MiB/s takes about 3 s: push.progress is logged (here at
-    most every 0.5 s) with counts that only grow, and the hook hears every byte once."""
+    most every 0.5 s) with counts that only grow; with a hook (a terminal's bar)
+    instead, the hook hears every byte once and nothing is logged."""
     from structlog.testing import capture_logs
 
     from quiltsync.engine import pusher as pusher_module
@@ -156,16 +157,21 @@ def test_progress_counts_every_byte_once_and_push_progress_is_logged_for_a_long_
     transfer.transfers().configure(4, 2 * MIB)
     (setup.folder / "a.bin").write_bytes(os.urandom(4 * MIB))
     (setup.folder / "b.bin").write_bytes(os.urandom(2 * MIB))
+    with capture_logs() as logs:
+        assert setup.pusher().push().pushed
+    events = [e for e in logs if e["event"] == "push.progress"]
+    assert len(events) >= 3, [e["event"] for e in logs]
+    done = [e["bytes_done"] for e in events]
+    assert done == sorted(done) and all(e["bytes_total"] == 6 * MIB and e["files_total"] == 2 for e in events)
+
+    (setup.folder / "a.bin").write_bytes(os.urandom(4 * MIB))
     heard: list[transfer.Progress] = []
     with capture_logs() as logs:
         pusher = setup.pusher()
         pusher.on_progress = heard.append
         assert pusher.push().pushed
-    events = [e for e in logs if e["event"] == "push.progress"]
-    assert len(events) >= 3, [e["event"] for e in logs]
-    done = [e["bytes_done"] for e in events]
-    assert done == sorted(done) and all(e["bytes_total"] == 6 * MIB and e["files_total"] == 2 for e in events)
-    assert heard[-1] == transfer.Progress(6 * MIB, 6 * MIB, 2, 2)
+    assert not [e for e in logs if e["event"] == "push.progress"]
+    assert heard[-1] == transfer.Progress(4 * MIB, 4 * MIB, 1, 1)
     assert [p.bytes_done for p in heard] == sorted(p.bytes_done for p in heard)
 
 
@@ -231,3 +237,44 @@ def test_the_bandwidth_cap_books_bytes_at_the_rate_for_all_callers() -> None:
     waited.clear()
     bw.take(10**9)
     assert waited == []
+
+
+def test_a_failing_file_stops_the_upload_early_and_aborts_the_multipart(setup: Setup) -> None:
+    """A file that vanished fails the call at once: the large file's multipart upload
+    started beside it is aborted, not completed (no object version is left)."""
+    from quiltsync.errors import SourceChanged
+
+    big = setup.folder / "big.bin"
+    big.write_bytes(os.urandom(40 * MIB))
+    bucket = setup.registry.removeprefix("s3://")
+    files = [transfer.Upload(f"{setup.package}/big.bin", big, 40 * MIB, name="big.bin"),
+             transfer.Upload(f"{setup.package}/gone.bin", setup.folder / "gone.bin", 10, name="gone.bin")]
+    transfer.transfers().configure(2, 8 * MIB)  # the big file would take 5 s
+    with pytest.raises(SourceChanged) as e:
+        transfer.transfers().upload(lambda: settings.thread_client("upload"), setup.registry, bucket, files)
+    assert e.value.keys == ["gone.bin"]
+    c = settings.thread_client("check")
+    assert not c.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert not c.list_object_versions(Bucket=bucket, Prefix=setup.package).get("Versions")
+
+
+def test_new_limits_during_an_upload_apply_and_the_upload_completes(setup: Setup) -> None:
+    """A reload's new concurrency replaces the pool while an upload is in flight: its
+    remaining parts go to the new pool, and every file is stored with its hash."""
+    blobs = {f"f{i}.bin": os.urandom(9 * MIB + i) for i in range(3)}
+    for name, data in blobs.items():
+        (setup.folder / name).write_bytes(data)
+    files = [transfer.Upload(f"{setup.package}/{n}", setup.folder / n, len(d), name=n) for n, d in blobs.items()]
+    t = transfer.transfers()
+    t.configure(4, 16 * MIB)
+    reconfigured = []
+
+    def hear(p: transfer.Progress) -> None:
+        if not reconfigured and p.bytes_done > 4 * MIB:
+            reconfigured.append(p.bytes_done)
+            t.configure(2, 0)
+
+    stored = t.upload(lambda: settings.thread_client("upload"), setup.registry, setup.registry.removeprefix("s3://"),
+                      files, hear)
+    assert reconfigured and t.concurrency == 2 and t.bandwidth.rate == 0
+    assert [s.hash.value for s in stored] == [_quilt3_hash(d) for d in blobs.values()]

@@ -424,15 +424,16 @@ class FolderPusher:
                     break
 
     def _progress(self) -> Callable[[Progress], None]:
-        """An upload's progress: ``on_progress`` hears every update (from upload
-        threads); ``push.progress`` is logged at most every PROGRESS_SECONDS, so a
-        short push logs none."""
+        """An upload's progress: ``on_progress`` (a terminal's bar) hears every
+        update (from upload threads); without one, ``push.progress`` is logged at
+        most every PROGRESS_SECONDS, so a short push logs none."""
         lock, hook = threading.Lock(), self.on_progress
         last = [time.monotonic()]
 
         def report(p: Progress) -> None:
-            if hook is not None:
+            if hook is not None:  # a terminal's bar shows it: log lines would break the bar
                 hook(p)
+                return
             now = time.monotonic()
             with lock:
                 if now - last[0] < PROGRESS_SECONDS:

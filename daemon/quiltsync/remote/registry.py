@@ -59,6 +59,10 @@ _PERMANENT_CODES = {
     "PermanentRedirect": "the bucket is in another region; set [s3] region",
     "AuthorizationHeaderMalformed": "the request was signed for the wrong region; set [s3] region",
 }
+# Worth another try: throttling, timeouts, and bytes damaged on the way (Content-MD5 or
+# SHA-256 of what arrived differs from what was sent).
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "RequestTimeout", "BadDigest", "XAmzContentSHA256Mismatch",
+                    "XAmzContentChecksumMismatch", "IncompleteBody"}
 _TRANSIENT_EXC = (
     bce.EndpointConnectionError,
     bce.ConnectTimeoutError,
@@ -119,7 +123,7 @@ def classify(e: BaseException) -> type[QuiltsyncError]:
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in _PERMANENT_CODES or code in ("403", "404"):
             return PermanentError
-        if status >= 500 or status in (408, 429) or code in ("SlowDown", "Throttling", "RequestTimeout"):
+        if status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES:
             return TransientError
         return PermanentError
     if isinstance(e, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.ParamValidationError)):
@@ -401,7 +405,7 @@ class Registry:
         with mapped_errors(what):
             self._check_latest(name, expected)
             keys = list(uploads)
-            files = [transfer.Upload(f"{name}/{lk}", *uploads[lk]) for lk in keys]
+            files = [transfer.Upload(f"{name}/{lk}", *uploads[lk], name=lk) for lk in keys]
             stored = transfer.transfers().upload(self._upload_client, self.identity, self.bucket, files,
                                                  progress) if files else []
             for lk, up, got in zip(keys, files, stored, strict=True):
@@ -551,16 +555,17 @@ def bucket_versioning(bucket: str, *, max_age_s: float = _VERSIONING_TTL_S) -> s
     return status
 
 
-def upload_mode(bucket: str, *, fresh: bool = False) -> str:
+def upload_mode(bucket: str, *, fresh: bool = False) -> tuple[str, str | None]:
     """What the server verifies of quiltsync's uploads to ``bucket``: transfer.MODE_SHA256
     (Content-MD5 and S3's SHA-256 checksums) or transfer.MODE_MD5 (no flexible
     checksums: Content-MD5 only). Learned from the uploads, or from one small probe
-    PUT (then deleted with its version) when ``fresh`` or not known yet. Raises
-    TransientError / PermanentError when the probe cannot be written."""
+    PUT (then deleted with its version) when ``fresh`` or not known yet; and why
+    that probe object could not be deleted, if so. Raises TransientError /
+    PermanentError when the probe cannot be written."""
     identity = settings.active().identity(bucket)
     known = transfer.transfers().mode(identity)
     if known is not None and not fresh:
-        return known
+        return known, None
     import uuid
 
     key = f".quilt/quiltsync-probe/{uuid.uuid4().hex}"

@@ -29,19 +29,22 @@ check catches a file that changed during its upload, as before.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from quiltsync.core import quilthash
 from quiltsync.core.types import HashValue
-from quiltsync.errors import SourceChanged
+from quiltsync.errors import SourceChanged, TransientError
 
 DEFAULT_CONCURRENCY = 10
 BUFFER_BYTES = 128 * 1024 * 1024  # part buffers held at once, all uploads together
@@ -54,11 +57,13 @@ MODE_MD5 = "md5"  # no S3 flexible checksums: the server verifies Content-MD5
 
 @dataclass(frozen=True, slots=True)
 class Upload:
-    """One file to upload: its logical key, where it is, the size it was recorded at."""
+    """One file to upload: its object key, where it is, the size it was recorded at,
+    and its name in errors (the logical key; SourceChanged names it)."""
 
     key: str  # the object key in the bucket
     path: Path
     size: int
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +118,9 @@ class Bandwidth:
 class _Body:
     """A request body over a buffer: botocore may read it to sign it (``sending``
     False, set by the client hooks around signing), then reads it to send it, when
-    the bandwidth cap and the progress count apply. Seekable, so retries resend it."""
+    the bandwidth cap and the progress count apply. Seekable, so retries resend it.
+    While capped, reads are short (1/20 s of the rate): every connection gets its
+    turn often, however many share the cap (a body idle for ~20 s times S3 out)."""
 
     def __init__(self, data: bytes | memoryview, limit: Bandwidth, sent: Callable[[int], None]) -> None:
         self._data = memoryview(data)
@@ -127,7 +134,12 @@ class _Body:
         return len(self._data)
 
     def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n is None or n < 0 else min(len(self._data), self._pos + n)
+        if n is None or n < 0:
+            n = len(self._data)
+        rate = self._limit.rate
+        if self.sending and rate > 0:
+            n = min(n, max(4096, int(rate / 20)))
+        end = min(len(self._data), self._pos + n)
         chunk = self._data[self._pos:end]
         if self.sending and chunk:
             self._limit.take(len(chunk))
@@ -152,6 +164,29 @@ class _Body:
         return True
 
 
+class _Budget:
+    """Bytes of part buffers held at once, all uploads together; one part is always
+    allowed when none is held (a part larger than the budget still goes up)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, n: int) -> Iterator[None]:
+        with self._cond:
+            while self.held and self.held + n > self.limit:
+                self._cond.wait()
+            self.held += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.held -= n
+                self._cond.notify_all()
+
+
 def _signing(request: Any, **_kw: Any) -> None:
     if isinstance(request.body, _Body):
         request.body.sending = False
@@ -167,7 +202,8 @@ def _b64(digest: bytes) -> str:
 
 
 class _Tally:
-    """Progress of one ``upload`` call, reported to its callback (any thread)."""
+    """Progress of one ``upload`` call, reported to its callback (any thread; in
+    order, under the lock; a failing callback never fails an upload)."""
 
     def __init__(self, total_bytes: int, total_files: int, report: Callable[[Progress], None] | None) -> None:
         self._lock = threading.Lock()
@@ -179,16 +215,19 @@ class _Tally:
     def sent(self, n: int) -> None:
         with self._lock:
             self.bytes += n
-            p = Progress(self.bytes, self.total[0], self.files, self.total[1])
-        if self._report is not None:
-            self._report(p)
+            self._tell()
 
     def finished(self) -> None:
         with self._lock:
             self.files += 1
-            p = Progress(self.bytes, self.total[0], self.files, self.total[1])
+            self._tell()
+
+    def _tell(self) -> None:
         if self._report is not None:
-            self._report(p)
+            try:
+                self._report(Progress(self.bytes, self.total[0], self.files, self.total[1]))
+            except Exception:  # a progress bar or a log line must not fail an upload
+                self._report = None
 
 
 class Transfers:
@@ -201,11 +240,12 @@ class Transfers:
         self.concurrency = max(1, concurrency)
         self.bandwidth = Bandwidth(max_bytes_per_second)
         self._pool: ThreadPoolExecutor | None = None
-        self._buffers = threading.BoundedSemaphore(max(2, BUFFER_BYTES // quilthash.PART_SIZE))
+        self.buffers = _Budget(BUFFER_BYTES)
         self._modes: dict[str, tuple[float, str]] = {}  # endpoint identity -> (when, mode)
 
     def configure(self, concurrency: int, max_bytes_per_second: float) -> None:
-        """New limits (a reload): uploads in flight finish on the old pool."""
+        """New limits (a reload): tasks already handed to the old pool finish there;
+        uploads in flight hand their next tasks to the new one."""
         with self._lock:
             if max(1, concurrency) != self.concurrency and self._pool is not None:
                 self._pool.shutdown(wait=False)
@@ -213,33 +253,36 @@ class Transfers:
             self.concurrency = max(1, concurrency)
         self.bandwidth.set_rate(max_bytes_per_second)
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _submit(self, fn: Callable[[], Any]) -> Future[Any]:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="upload")
-            return self._pool
+            return self._pool.submit(fn)
 
     # -- what the server verifies ---------------------------------------------
     def mode(self, identity: str) -> str | None:
         hit = self._modes.get(identity)
         return hit[1] if hit is not None and time.monotonic() - hit[0] < PROBE_TTL_S else None
 
-    def _learn(self, identity: str, answer: dict[str, Any]) -> str:
+    def learn(self, identity: str, answer: dict[str, Any]) -> str:
+        """What a PutObject answer (with ChecksumSHA256 sent) says of the server."""
         mode = MODE_SHA256 if answer.get("ChecksumSHA256") else MODE_MD5
-        if self.mode(identity) != mode:
-            self._modes[identity] = (time.monotonic(), mode)
+        self._modes[identity] = (time.monotonic(), mode)
         return mode
 
-    def probe(self, client: Any, identity: str, bucket: str, key: str) -> str:
-        """Which checksums the server verifies, learned from one small PUT (with both)
-        that is then deleted (its version: nothing is left in a versioned bucket)."""
+    def probe(self, client: Any, identity: str, bucket: str, key: str) -> tuple[str, str | None]:
+        """Which checksums the server verifies, from one small PUT (with both), and
+        why the probe object could not be deleted again (by version: nothing is left
+        in a versioned bucket), if it could not."""
         data = b"quiltsync upload probe\n"
         answer = client.put_object(Bucket=bucket, Key=key, Body=data, **_checksums(data, MODE_SHA256))
+        mode = self.learn(identity, answer)
+        vid = answer.get("VersionId")
         try:
-            return self._learn(identity, answer)
-        finally:
-            vid = answer.get("VersionId")
             client.delete_object(Bucket=bucket, Key=key, **({"VersionId": vid} if vid else {}))
+        except Exception as e:  # credentials that may write but not delete versions: the upload still works
+            return mode, f"{type(e).__name__}: {e}".splitlines()[0]
+        return mode, None
 
     # -- uploads --------------------------------------------------------------
     def client(self, make: Callable[[], Any]) -> Any:
@@ -253,26 +296,48 @@ class Transfers:
 
     def upload(self, make_client: Callable[[], Any], identity: str, bucket: str, files: Sequence[Upload],
                progress: Callable[[Progress], None] | None = None) -> list[Stored]:
-        """Upload ``files``; what S3 stored for each, in order. On any failure the
-        uploads not yet started are cancelled, multipart uploads aborted, and the
-        first error raised (SourceChanged names every file found changed)."""
+        """Upload ``files``; what S3 stored for each, in order.
+
+        Tasks (a single PUT, or one part of a multipart upload) go to the shared
+        pool at most 2 x concurrency at a time per call (two folders' uploads
+        interleave; a multipart upload is created when its first part is due, and
+        completed by this thread when its last part is done). The first failure
+        stops it: tasks not started are cancelled, running ones end, multipart
+        uploads are aborted, and the error is raised (SourceChanged names every
+        file found changed)."""
         tally = _Tally(sum(f.size for f in files), len(files), progress)
-        pool = self._executor()
-        jobs: list[_Job] = []
+        jobs = [_Job(self, make_client, identity, bucket, f, tally) for f in files]
+        feed = ((job, task) for job in jobs for task in job.tasks())
+        running: dict[Future[Any], tuple[_Job, int]] = {}
         try:
-            for f in files:
-                job = _Job(self, make_client, identity, bucket, f, tally)
-                jobs.append(job)  # before submit: a failed submit still aborts what it started
-                job.submit(pool)
-            out = [job.result() for job in jobs]
-        except BaseException:
+            more = True
+            while True:
+                while more and len(running) < 2 * self.concurrency:
+                    item = next(feed, None)
+                    if item is None:
+                        more = False
+                        break
+                    job, (tag, fn) = item
+                    running[self._submit(fn)] = (job, tag)
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job, tag = running.pop(fut)
+                    job.collect(tag, fut.result())
+        except BaseException as e:
+            for fut in running:
+                fut.cancel()
+            wait([f for f in running if not f.cancelled()])
             for job in jobs:
-                job.cancel()
-            changed = sorted({k for job in jobs for k in job.changed})
+                job.abort()
+            changed = sorted({job.f.name for job in jobs if job.changed})
             if changed:
                 raise SourceChanged(changed) from None
+            if isinstance(e, RuntimeError):  # the pool refused (interpreter shutdown): try again later
+                raise TransientError(f"uploading to s3://{bucket}: {e}") from e
             raise
-        return out
+        return [job.stored for job in jobs if job.stored is not None]
 
 
 def _checksums(data: bytes | memoryview, mode: str | None) -> dict[str, str]:
@@ -284,8 +349,27 @@ def _checksums(data: bytes | memoryview, mode: str | None) -> dict[str, str]:
     return out
 
 
+def _read_exactly(path: Path, offset: int, n: int) -> bytes | None:
+    """``n`` bytes of ``path`` at ``offset``, or None if the file is shorter now (or gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        chunks, got = [], 0
+        while got < n:
+            block = os.pread(fd, n - got, offset + got)  # a share may answer short
+            if not block:
+                return None
+            chunks.append(block)
+            got += len(block)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 class _Job:
-    """One file's upload: a single PUT, or a multipart upload whose parts run in the pool."""
+    """One file's upload: a single PUT, or a multipart upload of quilt3's parts."""
 
     def __init__(self, owner: Transfers, make_client: Callable[[], Any], identity: str, bucket: str,
                  f: Upload, tally: _Tally) -> None:
@@ -293,68 +377,79 @@ class _Job:
             owner, make_client, identity, bucket, f, tally
         self.psize = quilthash.part_size(f.size)
         self.multipart = f.size > quilthash.PART_SIZE
-        self.futures: list[Future[Any]] = []
+        self.parts: dict[int, tuple[dict[str, Any], bytes]] = {}
         self.upload_id: str | None = None
         self.mode: str | None = None
-        self.changed: list[str] = []
-        self._fd: int | None = None
+        self.changed = False
+        self.stored: Stored | None = None
 
     def _client(self) -> Any:
         return self.owner.client(self.make_client)
 
-    def submit(self, pool: ThreadPoolExecutor) -> None:
+    def _source_changed(self) -> SourceChanged:
+        self.changed = True
+        return SourceChanged([self.f.name])
+
+    def tasks(self) -> Iterator[tuple[int, Callable[[], Any]]]:
+        """(tag, task) for the pool, made when due: the multipart upload is created
+        (in the caller's thread) just before its first part is handed out."""
         if not self.multipart:
-            self.futures.append(pool.submit(self._put))
+            yield 0, self._put
             return
+        if not self.f.path.exists():
+            raise self._source_changed()
         self.mode = self.owner.mode(self.identity)
         extra = {"ChecksumAlgorithm": "SHA256"} if self.mode != MODE_MD5 else {}
         self.upload_id = self._client().create_multipart_upload(Bucket=self.bucket, Key=self.f.key,
                                                                 **extra)["UploadId"]
-        try:
-            self._fd = os.open(self.f.path, os.O_RDONLY)
-        except FileNotFoundError:
-            self.changed.append(self.f.key)
-            raise SourceChanged([self.f.key]) from None
         for number, offset in enumerate(range(0, self.f.size, self.psize), start=1):
-            self.futures.append(pool.submit(self._part, number, offset))
+            yield number, partial(self._part, number, offset)
 
-    def _read(self, fd: int, offset: int, n: int) -> bytes:
-        data = os.pread(fd, n, offset)
-        if len(data) != n:
-            self.changed.append(self.f.key)
-            raise SourceChanged([self.f.key])
-        return data
+    def collect(self, tag: int, result: Any) -> None:
+        """A finished task's result (in the caller's thread); the last part completes the upload."""
+        if not self.multipart:
+            self.stored = result
+            self.tally.finished()
+            return
+        self.parts[tag] = result
+        if len(self.parts) < math.ceil(self.f.size / self.psize):
+            return
+        try:
+            grown = os.stat(self.f.path).st_size != self.f.size
+        except FileNotFoundError:
+            grown = True
+        if grown:
+            raise self._source_changed()
+        ordered = [self.parts[n] for n in sorted(self.parts)]
+        answer = self._client().complete_multipart_upload(
+            Bucket=self.bucket, Key=self.f.key, UploadId=self.upload_id,
+            MultipartUpload={"Parts": [p for p, _d in ordered]})
+        self.upload_id = None
+        self.stored = Stored(answer.get("VersionId"), quilthash.chunked([d for _p, d in ordered]), self.f.size)
+        self.tally.finished()
 
     def _put(self) -> Stored:
         f = self.f
         mode = self.owner.mode(self.identity)
-        with self.owner._buffers if f.size > quilthash.PART_SIZE // 8 else _nothing():
-            try:
-                fd = os.open(f.path, os.O_RDONLY)
-            except FileNotFoundError:
-                self.changed.append(f.key)
-                raise SourceChanged([f.key]) from None
-            try:
-                data = self._read(fd, 0, f.size)
-                if os.pread(fd, 1, f.size):  # longer than recorded: it is being written
-                    self.changed.append(f.key)
-                    raise SourceChanged([f.key])
-            finally:
-                os.close(fd)
+        with self.owner.buffers.hold(f.size):
+            data = _read_exactly(f.path, 0, f.size)
+            if data is None or _read_exactly(f.path, f.size, 1) is not None:  # shorter, or longer: being written
+                raise self._source_changed()
             sums = _checksums(data, mode)
             body = _Body(data, self.owner.bandwidth, self.tally.sent)
             answer = self._client().put_object(Bucket=self.bucket, Key=f.key, Body=body, **sums)
-        self.owner._learn(self.identity, answer)
-        self.tally.finished()
-        part = [] if f.size == 0 else [base64.b64decode(sums["ChecksumSHA256"]) if "ChecksumSHA256" in sums
-                                       else hashlib.sha256(data).digest()]
-        return Stored(answer.get("VersionId"), quilthash.chunked(part), f.size)
+            digest = (base64.b64decode(sums["ChecksumSHA256"]) if "ChecksumSHA256" in sums
+                      else hashlib.sha256(data).digest())
+        if "ChecksumSHA256" in sums:
+            self.owner.learn(self.identity, answer)
+        return Stored(answer.get("VersionId"), quilthash.chunked([] if f.size == 0 else [digest]), f.size)
 
     def _part(self, number: int, offset: int) -> tuple[dict[str, Any], bytes]:
-        assert self._fd is not None and self.upload_id is not None
         n = min(self.psize, self.f.size - offset)
-        with self.owner._buffers:
-            data = self._read(self._fd, offset, n)
+        with self.owner.buffers.hold(n):
+            data = _read_exactly(self.f.path, offset, n)
+            if data is None:
+                raise self._source_changed()
             digest = hashlib.sha256(data).digest()
             sums = {"ContentMD5": _b64(hashlib.md5(data).digest())}
             if self.mode != MODE_MD5:
@@ -367,52 +462,14 @@ class _Job:
             part["ChecksumSHA256"] = sums["ChecksumSHA256"]
         return part, digest
 
-    def result(self) -> Stored:
-        if not self.multipart:
-            return self.futures[0].result()
-        try:
-            parts = [fut.result() for fut in self.futures]
-            if self._fd is not None and os.fstat(self._fd).st_size != self.f.size:
-                self.changed.append(self.f.key)
-                raise SourceChanged([self.f.key])
-            answer = self._client().complete_multipart_upload(
-                Bucket=self.bucket, Key=self.f.key, UploadId=self.upload_id,
-                MultipartUpload={"Parts": [p for p, _d in parts]})
-        finally:
-            self._close()
-        self.upload_id = None
-        self.tally.finished()
-        return Stored(answer.get("VersionId"), quilthash.chunked([d for _p, d in parts]), self.f.size)
-
-    def cancel(self) -> None:
-        for fut in self.futures:
-            fut.cancel()
-        for fut in self.futures:
-            if not fut.cancelled():
-                try:
-                    fut.result()
-                except BaseException:  # the first error is the one raised
-                    pass
-        self._close()
+    def abort(self) -> None:
+        """Abort a multipart upload this job created and did not complete."""
         if self.upload_id is not None:
             try:
                 self._client().abort_multipart_upload(Bucket=self.bucket, Key=self.f.key, UploadId=self.upload_id)
             except Exception:  # best effort; prune removes what an abort leaves
                 pass
             self.upload_id = None
-
-    def _close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 _transfers = Transfers()

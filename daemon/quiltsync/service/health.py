@@ -119,15 +119,20 @@ def check_uploads(bucket: str, *, fresh: bool = True) -> CheckResult:
 
     target = f"s3://{bucket}"
     try:
-        mode = upload_mode(bucket, fresh=fresh)
+        mode, left = upload_mode(bucket, fresh=fresh)
     except QuiltsyncError as e:
         return CheckResult("uploads", target, "fail", f"cannot upload: {e}")
     if mode == MODE_SHA256:
-        return CheckResult("uploads", target, "ok", "the server verifies S3 SHA-256 checksums: each upload "
-                                                    "carries Content-MD5 and SHA-256 of the bytes sent")
-    return CheckResult("uploads", target, "ok", "the server has no S3 flexible checksums (like Ceph RGW before "
-                                                "19): each upload carries Content-MD5 of the bytes sent, which "
-                                                "it verifies, and quiltsync hashes what it sends; uploads work")
+        detail = ("the server verifies S3 SHA-256 checksums: each upload carries Content-MD5 and SHA-256 of "
+                  "the bytes sent")
+    else:
+        detail = ("the server has no S3 flexible checksums (like Ceph RGW before 19): each upload carries "
+                  "Content-MD5 of the bytes sent, which it verifies, and quiltsync hashes what it sends; "
+                  "uploads work")
+    if left is not None:
+        return CheckResult("uploads", target, "warn", f"{detail}; the probe object under .quilt/quiltsync-probe/ "
+                                                      f"could not be deleted ({left}): remove it by hand")
+    return CheckResult("uploads", target, "ok", detail)
 
 
 @dataclass(frozen=True, slots=True)
