@@ -34,7 +34,12 @@ for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
 os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"
 os.environ["AWS_MAX_ATTEMPTS"] = "3"
 
+from quiltsync.remote import settings as _settings  # noqa: E402
 from quiltsync.remote.s3local import LocalS3  # noqa: E402
+
+# quiltsync imports quilt3 only where it uses it; tests that use quilt3 directly get
+# it as quiltsync would (its import-time environment set, the client hook installed).
+_settings.import_quilt3()
 
 _bucket_numbers = itertools.count(1)
 

@@ -233,6 +233,29 @@ def test_a_reload_to_another_endpoint_waits_for_pushes_in_flight_and_starts_afre
     assert set(new.pushes[-1].entries) == {"a.txt", "b.txt", "c.txt"}
 
 
+def test_a_reload_applies_new_upload_limits_to_every_folder_without_starting_afresh(h: Harness) -> None:
+    """[s3] upload_concurrency and max_upload_bytes_per_second are the process's (all
+    folders share them): a SIGHUP applies them at once; the endpoint is the same, so
+    the folder keeps its base."""
+    from quiltsync.remote import transfer
+
+    h.change("a.txt", "one")
+    h.advance(1)
+    h.idle()
+    assert (transfer.transfers().concurrency, transfer.transfers().bandwidth.rate) == (10, 0)
+    h.config_path.write_text(h.config_path.read_text().replace(
+        "[s3]\n", "[s3]\nupload_concurrency = 3\nmax_upload_bytes_per_second = 5000000\n"))
+    with capture_logs() as logs:
+        h.daemon._reload()
+    reloaded = [e for e in logs if e["event"] == "daemon.reloaded"]
+    assert reloaded and reloaded[0]["s3_changed"] is False and reloaded[0]["changed"] == []
+    assert (transfer.transfers().concurrency, transfer.transfers().bandwidth.rate) == (3, 5_000_000)
+    h.change("b.txt", "two")
+    h.advance(1)
+    h.idle()
+    assert h.reg.pushes[-1].top_hash != h.reg.pushes[0].top_hash and set(h.reg.pushes[-1].entries) == {"a.txt", "b.txt"}
+
+
 def test_a_permanent_error_is_logged_once_and_retried_at_the_cap(h: Harness) -> None:
     """No such bucket: push.failed once, permanent, retry_in_s at the cap; more changes log nothing."""
     h.reg.fail = PermanentError("pushing team/data to s3://memory: NoSuchBucket: the bucket does not exist")

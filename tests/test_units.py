@@ -7,6 +7,8 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quiltsync.core.planner import plan_push
 from quiltsync.core.types import RACY_NS, Entry, FileRecord, FileStat, HashValue
@@ -238,3 +240,40 @@ def test_the_demo_removes_the_temp_dir_it_made_and_keeps_a_workdir(tmp_path: Pat
     with demo_dir(work) as kept:
         (kept / "experiments").mkdir()
     assert kept == work and (work / "experiments").is_dir()
+
+
+# -- quilt3's values without importing quilt3 (the push path and the daemon never do) ----
+def test_the_daemon_and_the_push_path_import_no_quilt3() -> None:
+    """quilt3 costs about 24 MB resident: the daemon's modules, a push to a bucket
+    without workflows config and the health checks' paths must not import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import quiltsync.cli.main, quiltsync.cli.commands, quiltsync.service.daemon\n"
+            "import quiltsync.service.health, quiltsync.engine.pusher\n"
+            "from quiltsync.remote.registry import Registry, quilt_paths, quilt_credentials_file\n"
+            "Registry.manifest_writer(); quilt_paths(); quilt_credentials_file()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'quilt3'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_quilt3_values_computed_without_quilt3_equal_quilt3s() -> None:
+    from quilt3 import packages, util
+
+    from quiltsync.remote.registry import manifest_max_record_size, quilt_paths
+
+    assert quilt_paths() == (util.CACHE_PATH, util.BASE_PATH)
+    assert manifest_max_record_size() == packages.MANIFEST_MAX_RECORD_SIZE
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.text(min_size=1, max_size=40).filter(lambda k: "\x00" not in k),
+       vid=st.one_of(st.none(), st.text(max_size=20)))
+def test_physical_key_urls_equal_quilt3s(key: str, vid: str | None) -> None:
+    from quilt3.util import PhysicalKey
+
+    from quiltsync.remote.registry import physical_key_url
+
+    assert physical_key_url("my-bucket", key, vid) == str(PhysicalKey("my-bucket", key, vid))

@@ -2,7 +2,9 @@
 
 Everything quiltsync asks of a registry goes through ``Registry``; quilt3's and
 botocore's exceptions are mapped here into quiltsync's own (errors.py), as
-transient (worth retrying) or permanent. quilt3 is imported only after the
+transient (worth retrying) or permanent. quilt3 is imported only where it is
+used (restore, history's manifests, workflows configs: not by the push path or
+the daemon's steady state, which saves about 24 MB), and only after the
 environment it reads at import time is set (usage metrics off, progress bars
 off), see ``settings``.
 
@@ -17,13 +19,18 @@ import base64
 import contextlib
 import hashlib
 import io
+import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode, urlunparse
+
+import botocore.exceptions as bce
 
 from quiltsync.core.manifest import ManifestError, ManifestWriter
 from quiltsync.core.manifest import parse_manifest as parse_manifest_bytes
@@ -38,12 +45,6 @@ from quiltsync.errors import (
 from quiltsync.remote import settings, transfer
 from quiltsync.remote.settings import S3Settings
 from quiltsync.remote.transfer import Progress
-
-settings.import_quilt3()  # the environment quilt3 reads at import, set first (settings.py)
-
-import botocore.exceptions as bce  # noqa: E402
-import quilt3  # noqa: E402
-from quilt3.util import PhysicalKey, QuiltConflictException, QuiltException  # noqa: E402
 
 # Error codes after which retrying the same request cannot help.
 _PERMANENT_CODES = {
@@ -103,7 +104,30 @@ def describe(e: BaseException) -> str:
         return ("no AWS credentials found; provide them through the standard chain "
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role)")
     text = f"{type(e).__name__}: {e}".splitlines()[0]
-    return _without_force_advice(text) if isinstance(e, QuiltConflictException) else text
+    return _without_force_advice(text) if isinstance(e, _quilt3_errors()[:1]) else text
+
+
+def _quilt3_errors() -> tuple[type[BaseException], ...]:
+    """(QuiltConflictException, QuiltException) once quilt3 is imported; none before:
+    the push path and the daemon's checks never import it (about 24 MB resident),
+    and what was never imported cannot have raised."""
+    util = sys.modules.get("quilt3.util")
+    return (util.QuiltConflictException, util.QuiltException) if util is not None else ()
+
+
+def _quilt3() -> Any:
+    """quilt3, imported with its environment set (settings.import_quilt3)."""
+    settings.import_quilt3()
+    import quilt3
+
+    return quilt3
+
+
+def physical_key_url(bucket: str, key: str, version_id: str | None) -> str:
+    """``str(quilt3.util.PhysicalKey(bucket, key, version_id))``, without importing quilt3
+    (the same stdlib calls; tests/test_units.py compares them on generated keys)."""
+    params = {} if version_id is None else {"versionId": version_id}
+    return urlunparse(("s3", bucket, quote("/" + key), None, urlencode(params), None))
 
 
 def _without_force_advice(message: str) -> str:
@@ -116,7 +140,7 @@ def _without_force_advice(message: str) -> str:
 
 
 def classify(e: BaseException) -> type[QuiltsyncError]:
-    if isinstance(e, QuiltConflictException):
+    if isinstance(e, _quilt3_errors()[:1]):
         return PushConflict
     if isinstance(e, bce.ClientError):
         code = e.response.get("Error", {}).get("Code", "")
@@ -140,9 +164,9 @@ def mapped_errors(what: str) -> Iterator[None]:
         yield
     except QuiltsyncError:
         raise
-    except QuiltConflictException as e:
-        raise PushConflict(f"{what}: {_without_force_advice(str(e).splitlines()[0])}") from e
-    except (bce.BotoCoreError, bce.ClientError, QuiltException, OSError, KeyError, ValueError) as e:
+    except (bce.BotoCoreError, bce.ClientError, OSError, KeyError, ValueError, *_quilt3_errors()) as e:
+        if isinstance(e, _quilt3_errors()[:1]):
+            raise PushConflict(f"{what}: {_without_force_advice(str(e).splitlines()[0])}") from e
         raise classify(e)(f"{what}: {describe(e)}") from e
 
 
@@ -409,7 +433,7 @@ class Registry:
             stored = transfer.transfers().upload(self._upload_client, self.identity, self.bucket, files,
                                                  progress) if files else []
             for lk, up, got in zip(keys, files, stored, strict=True):
-                entries[lk] = Entry(got.hash, got.size, str(PhysicalKey(self.bucket, up.key, got.version_id)), None)
+                entries[lk] = Entry(got.hash, got.size, physical_key_url(self.bucket, up.key, got.version_id), None)
             changed = changed_sources() if changed_sources else []
             if changed:
                 raise SourceChanged(changed)
@@ -442,9 +466,7 @@ class Registry:
     @staticmethod
     def manifest_writer() -> ManifestWriter:
         """A manifest writer with quilt3's record size limit (QUILT_MANIFEST_MAX_RECORD_SIZE)."""
-        from quilt3.packages import MANIFEST_MAX_RECORD_SIZE
-
-        return ManifestWriter(MANIFEST_MAX_RECORD_SIZE)
+        return ManifestWriter(manifest_max_record_size())
 
     def _check_latest(self, name: str, expected: str | None) -> None:
         """PushConflict unless `latest` is ``expected`` (or absent: a first push)."""
@@ -461,9 +483,11 @@ class Registry:
         matches its local file is copied from there instead of downloaded. Returns
         where each logical key came from: "cache" or "s3".
         """
+        _quilt3()
         from quilt3 import util
         from quilt3.data_transfer import copy_file_list
         from quilt3.packages import ObjectPathCache
+        from quilt3.util import PhysicalKey
 
         sources: dict[str, str] = {}
         file_list = []
@@ -481,8 +505,10 @@ class Registry:
 
     def remember(self, revision: Revision, dest: Path, keys: list[str]) -> None:
         """Record restored files in quilt3's object-path cache (pinned entries only)."""
+        _quilt3()
         from quilt3 import util
         from quilt3.packages import ObjectPathCache
+        from quilt3.util import PhysicalKey
 
         if not util.IS_CACHE_ENABLED:
             return
@@ -500,10 +526,27 @@ _VERSIONING_TTL_S = 300.0
 
 
 def quilt_paths() -> tuple[Path, Path]:
-    """(quilt3's cache dir ``.../Quilt/v0``, quilt3's data dir ``.../Quilt``)."""
-    from quilt3 import util
+    """(quilt3's cache dir ``.../Quilt/v0``, quilt3's data dir ``.../Quilt``): what
+    quilt3.util computes, with the same platformdirs calls (no quilt3 import; a test
+    compares them)."""
+    from platformdirs import user_cache_dir, user_data_dir
 
-    return Path(util.CACHE_PATH), Path(util.BASE_PATH)
+    return Path(user_cache_dir("Quilt", "QuiltData")) / "v0", Path(user_data_dir("Quilt", "QuiltData"))
+
+
+def manifest_max_record_size() -> int:
+    """quilt3's ``MANIFEST_MAX_RECORD_SIZE``: QUILT_MANIFEST_MAX_RECORD_SIZE or 1,000,000
+    (read as quilt3.packages reads it, without importing quilt3)."""
+    val = os.environ.get("QUILT_MANIFEST_MAX_RECORD_SIZE")
+    if not val:
+        return 1_000_000
+    try:
+        size = int(val)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise PermanentError("QUILT_MANIFEST_MAX_RECORD_SIZE must be a positive integer")
+    return size
 
 
 def _quick_client() -> Any:
@@ -599,7 +642,7 @@ def version_id_of(physical_key: str) -> str | None:
 
 def parse_manifest(data: bytes) -> tuple[str, list[str]]:
     """(top_hash, physical key URLs) of a manifest's bytes, as quilt3 reads it."""
-    pkg = quilt3.Package.load(io.BytesIO(data))
+    pkg = _quilt3().Package.load(io.BytesIO(data))
     return pkg.top_hash, [str(e.physical_key) for _lk, e in pkg.walk()]
 
 

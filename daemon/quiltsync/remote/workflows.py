@@ -25,10 +25,9 @@ from typing import Any
 
 import botocore.exceptions as bce
 import yaml
-from quilt3 import workflows as qwf
-from quilt3.util import PhysicalKey, QuiltException
 
 from quiltsync.errors import WorkflowRefused
+from quiltsync.remote import settings
 from quiltsync.remote.registry import classify, describe, mapped_errors
 
 CONFIG_KEY = ".quilt/workflows/config.yml"
@@ -78,6 +77,14 @@ class Workflows:
         return f"workflow {wid!r} ({'the bucket default' if choice is None else 'set by `workflow`'})"
 
 
+def _qwf() -> Any:
+    """quilt3's workflows module, imported only for a bucket that has a config."""
+    settings.import_quilt3()
+    from quilt3 import workflows as qwf
+
+    return qwf
+
+
 def read(bucket: str, client: Any) -> Workflows:
     """The bucket's workflows config, parsed and validated as quilt3 does."""
     with mapped_errors(f"reading s3://{bucket}/{CONFIG_KEY}"):
@@ -90,6 +97,7 @@ def read(bucket: str, client: Any) -> Workflows:
         data = resp["Body"].read()
     version = resp.get("VersionId")
     where = f"the workflows config s3://{bucket}/{CONFIG_KEY}"
+    qwf = _qwf()
     try:
         config = yaml.safe_load(data.decode())
     except (UnicodeDecodeError, yaml.YAMLError) as e:
@@ -127,6 +135,9 @@ def check(wf: Workflows, *, name: str, choice: Choice, message: str | None,
                               f"{', '.join(wf.ids) or 'none'}); set `workflow` to one of those")
     # A fresh WorkflowConfig per check, as quilt3 makes one per push: it records the
     # schemas it loaded, and the stamp lists them.
+    qwf = _qwf()
+    from quilt3.util import PhysicalKey, QuiltException
+
     config = qwf.WorkflowConfig(wf.config, PhysicalKey(wf.bucket, CONFIG_KEY, wf.version_id))
     label = f"workflow {wid!r} of {wf.url}" if wid else f"the no-workflow rules of {wf.url}"
     try:
