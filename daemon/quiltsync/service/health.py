@@ -123,8 +123,8 @@ def check_uploads(bucket: str, *, fresh: bool = True) -> CheckResult:
     except QuiltsyncError as e:
         return CheckResult("uploads", target, "fail", f"cannot upload: {e}")
     if mode == MODE_SHA256:
-        detail = ("the server verifies S3 SHA-256 checksums: each upload carries Content-MD5 and SHA-256 of "
-                  "the bytes sent")
+        detail = ("the server verifies S3 SHA-256 checksums: each upload carries the SHA-256 of the bytes "
+                  "sent")
     else:
         detail = ("the server has no S3 flexible checksums (like Ceph RGW before 19): each upload carries "
                   "Content-MD5 of the bytes sent, which it verifies, and quiltsync hashes what it sends; "
