@@ -247,12 +247,16 @@ def restart(s3: LocalS3, tree: dict[str, Path], n: int) -> dict[str, bool]:
         d = start_daemon(tree[side], cfg)
         wait_all(d, STARTED, 1800)  # the first start adopts the package (hashes every file)
         d.stop()
-        d = start_daemon(tree[side], cfg)  # the no-change restart; health runs at once
-        t_skip, e_skip = wait_all(d, STARTED, 600)["push.skipped"]
-        out[side] = (e_skip["duration_ms"] / 1000, t_skip - d.started)
-        d.stop()
+        runs = []
+        for _ in range(3):  # the no-change restart, three times (the median is shown); health runs at once
+            d = start_daemon(tree[side], cfg)
+            t_skip, e_skip = wait_all(d, STARTED, 600)["push.skipped"]
+            runs.append((e_skip["duration_ms"] / 1000, t_skip - d.started))
+            d.stop()
+        out[side] = sorted(runs)[1]
     walk = sorted(bare_walk(folder, stat=True) for _ in range(3))[1]
-    print(f"\nno-change restart of {n} files, health running; a walk that stats every file: {walk:.2f} s")
+    print(f"\nno-change restart of {n} files, health running (median of 3); a walk that stats every file: "
+          f"{walk:.2f} s")
     for side in SIDES:
         p, total = out[side]
         print(f"  {side:<6} reconcile pass {p:5.2f} s ({p / walk:4.1f}x the walk); process start to its end "

@@ -46,8 +46,7 @@ def main() -> int:
     except ImportError:
         pass
     logs.configure("warning", "console")
-    settings.activate(settings.S3Settings(endpoint, "us-east-1"))
-    settings.import_quilt3()
+    settings.activate(settings.S3Settings(endpoint, "us-east-1"))  # quilt3: imported where the tree needs it
     from quiltsync.config import FolderConfig
     from quiltsync.engine.pusher import FolderPusher
     from quiltsync.local.index import Index
