@@ -254,6 +254,7 @@ def restart(s3: LocalS3, tree: dict[str, Path], n: int) -> dict[str, bool]:
             runs.append((e_skip["duration_ms"] / 1000, t_skip - d.started))
             d.stop()
         out[side] = sorted(runs)[1]
+        print(f"  {side}: reconcile passes {', '.join(f'{r[0]:.2f}' for r in runs)} s", flush=True)
     walk = sorted(bare_walk(folder, stat=True) for _ in range(3))[1]
     print(f"\nno-change restart of {n} files, health running (median of 3); a walk that stats every file: "
           f"{walk:.2f} s")

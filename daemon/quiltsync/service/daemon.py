@@ -134,6 +134,7 @@ class Daemon:
         self.index = Index(self.config.daemon.state_dir / "index.sqlite3")
         s3settings.activate(s3settings.S3Settings.from_config(self.config.s3))
         transfer.apply(self.config.s3)
+        s3settings.warm_up()
         self._install_signals()
         if self.watch:
             from quiltsync.local.watcher import Watcher
