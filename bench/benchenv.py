@@ -28,6 +28,18 @@ from quiltsync.remote.s3local import LocalS3  # noqa: E402
 s3settings.prepare_environment()  # before quilt3 is imported: no metrics, no progress bars
 
 
+def baseline_tree(rev: str) -> Path:
+    """The daemon of commit ``rev`` (``git archive``), for a benchmark's "before" side."""
+    import subprocess
+
+    base = TMP / "baseline"
+    base.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "daemon"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    return base
+
+
 @contextlib.contextmanager
 def local_s3() -> Iterator[LocalS3]:
     """The embedded local S3, with quiltsync's S3 settings pointed at it and quiet logs."""

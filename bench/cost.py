@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchenv import ROOT, TMP, local_s3
+from benchenv import ROOT, TMP, baseline_tree, local_s3
 from quiltsync.core.manifest import ManifestWriter
 from quiltsync.core.pacing import DAY_S, Pacer
 from quiltsync.core.types import Entry, HashValue
@@ -59,12 +59,7 @@ CONTENT = b"quiltsync bench " * 96  # 1,536 bytes, every file of a folder
 
 
 def trees(baseline: str) -> dict[str, Path]:
-    base = TMP / "baseline"
-    base.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", baseline, "daemon"], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-    return {"before": base, "after": ROOT}
+    return {"before": baseline_tree(baseline), "after": ROOT}
 
 
 def make_folder(folder: Path, n: int) -> list[str]:

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchenv import ROOT, TMP, local_s3
+from benchenv import ROOT, TMP, baseline_tree, local_s3
 from quiltsync.remote.s3local import LocalS3
 
 BASELINE = "b0a32f5"  # main before issue 14 (uploads by quilt3)
@@ -37,12 +37,7 @@ MIB = 1024**2
 
 
 def trees(baseline: str) -> dict[str, Path]:
-    base = TMP / "baseline"
-    base.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", baseline, "daemon"], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-    return {"before": base, "after": ROOT}
+    return {"before": baseline_tree(baseline), "after": ROOT}
 
 
 def run(tree: Path, mode: str, s3: LocalS3, bucket: str, path: Path, **opts: Any) -> dict[str, Any]:

@@ -130,15 +130,21 @@ def test_check_says_which_checksums_each_server_verifies(setup: Setup, plain_set
 def test_a_file_shorter_than_recorded_aborts_its_upload_and_leaves_no_multipart(setup: Setup) -> None:
     """The bytes sent are the bytes hashed: a file that shrank since it was recorded is
     reported as changed (the push aborts) and its multipart upload is aborted."""
-    from quiltsync.errors import SourceChanged
-
     p = setup.folder / "shrinks.bin"
     p.write_bytes(os.urandom(12 * MIB))
-    bucket = setup.registry.removeprefix("s3://")
     files = [transfer.Upload(f"{setup.package}/shrinks.bin", p, 20 * MIB, name="shrinks.bin")]
+    _aborted_leaving_nothing(setup, files, ["shrinks.bin"])
+
+
+def _aborted_leaving_nothing(setup: Setup, files: list[transfer.Upload], changed: list[str]) -> None:
+    """Uploading ``files`` raises SourceChanged naming ``changed``, and leaves no
+    multipart upload and no object version behind."""
+    from quiltsync.errors import SourceChanged
+
+    bucket = setup.registry.removeprefix("s3://")
     with pytest.raises(SourceChanged) as e:
         transfer.transfers().upload(lambda: settings.thread_client("upload"), setup.registry, bucket, files)
-    assert e.value.keys == ["shrinks.bin"]
+    assert e.value.keys == changed
     c = settings.thread_client("check")
     assert not c.list_multipart_uploads(Bucket=bucket).get("Uploads")
     assert not c.list_object_versions(Bucket=bucket, Prefix=setup.package).get("Versions")
@@ -242,20 +248,12 @@ def test_the_bandwidth_cap_books_bytes_at_the_rate_for_all_callers() -> None:
 def test_a_failing_file_stops_the_upload_early_and_aborts_the_multipart(setup: Setup) -> None:
     """A file that vanished fails the call at once: the large file's multipart upload
     started beside it is aborted, not completed (no object version is left)."""
-    from quiltsync.errors import SourceChanged
-
     big = setup.folder / "big.bin"
     big.write_bytes(os.urandom(40 * MIB))
-    bucket = setup.registry.removeprefix("s3://")
     files = [transfer.Upload(f"{setup.package}/big.bin", big, 40 * MIB, name="big.bin"),
              transfer.Upload(f"{setup.package}/gone.bin", setup.folder / "gone.bin", 10, name="gone.bin")]
     transfer.transfers().configure(2, 8 * MIB)  # the big file would take 5 s
-    with pytest.raises(SourceChanged) as e:
-        transfer.transfers().upload(lambda: settings.thread_client("upload"), setup.registry, bucket, files)
-    assert e.value.keys == ["gone.bin"]
-    c = settings.thread_client("check")
-    assert not c.list_multipart_uploads(Bucket=bucket).get("Uploads")
-    assert not c.list_object_versions(Bucket=bucket, Prefix=setup.package).get("Versions")
+    _aborted_leaving_nothing(setup, files, ["gone.bin"])
 
 
 def test_new_limits_during_an_upload_apply_and_the_upload_completes(setup: Setup) -> None:
