@@ -454,10 +454,15 @@ class _Job:
             if data is None:
                 raise self._source_changed()
             digest = hashlib.sha256(data).digest()
-            sums = _checksums(data, self.mode, digest)
+            # Parts of an upload created with ChecksumAlgorithm must all carry the SHA-256
+            # (S3 requires it); Content-MD5 too, until an answer shows the server checks SHA-256.
+            known = self.owner.mode(self.identity) == MODE_SHA256 and self.mode != MODE_MD5
+            sums = _checksums(data, MODE_SHA256 if known else self.mode, digest)
             body = _Body(data, self.owner.bandwidth, self.tally.sent)
             answer = self._client().upload_part(Bucket=self.bucket, Key=self.f.key, UploadId=self.upload_id,
                                                 PartNumber=number, Body=body, **sums)
+        if "ChecksumSHA256" in sums and answer.get("ChecksumSHA256"):
+            self.owner.learn(self.identity, answer)  # positive evidence only: parts of others may lack it
         part = {"ETag": answer["ETag"], "PartNumber": number}
         if "ChecksumSHA256" in sums:
             part["ChecksumSHA256"] = sums["ChecksumSHA256"]
