@@ -298,3 +298,23 @@ def test_health_reads_no_manifest_of_a_revision_quiltsync_pushed(setup: Setup, l
     local_s3.reset_requests()
     run_all(setup.config(), index=index)
     assert f"GET /{setup.registry[5:]}/.quilt/packages/{theirs}" in _manifest_reads(local_s3.requests)
+
+
+def test_doctor_never_takes_a_quilt3_that_cannot_import_for_corrupt_manifests(setup: Setup) -> None:
+    """quilt3 reads the cached manifests (it is the authority on what it loads); if it
+    cannot be imported (here a QUILT_* variable it rejects), doctor says so in one
+    line and removes nothing, instead of calling every manifest corrupt."""
+    import quilt3
+
+    from quiltsync.remote.quiltcache import manifest_cache_name
+
+    (setup.folder / "a.txt").write_text("a" * 100)
+    top = setup.cli("push", check=True).stdout.split()[1]
+    quilt3.Package.browse(setup.package, setup.registry, top_hash=top)
+    cached = _cache_root() / "manifest" / manifest_cache_name(setup.registry[5:], top)
+    assert cached.exists()
+    broken = setup.cli("doctor", "--fix", env={"QUILT_MANIFEST_MAX_RECORD_SIZE": "abc"})
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert "cannot import quilt3" in broken.stderr and "QUILT_MANIFEST_MAX_RECORD_SIZE" in broken.stderr
+    assert cached.exists()
+    assert setup.cli("doctor").returncode == 0

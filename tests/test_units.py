@@ -244,8 +244,10 @@ def test_the_demo_removes_the_temp_dir_it_made_and_keeps_a_workdir(tmp_path: Pat
 
 # -- quilt3's values without importing quilt3 (the push path and the daemon never do) ----
 def test_the_daemon_and_the_push_path_import_no_quilt3() -> None:
-    """quilt3 costs about 24 MB resident: the daemon's modules, a push to a bucket
-    without workflows config and the health checks' paths must not import it."""
+    """quilt3 costs about 24 MB resident: the daemon's modules, what a push to a
+    bucket without workflows config calls before its requests, and the paths of
+    the health checks must not import it (the cache check does only to read
+    manifests that quilt3's cache holds)."""
     import subprocess
     import sys
 
@@ -277,3 +279,15 @@ def test_physical_key_urls_equal_quilt3s(key: str, vid: str | None) -> None:
     from quiltsync.remote.registry import physical_key_url
 
     assert physical_key_url("my-bucket", key, vid) == str(PhysicalKey("my-bucket", key, vid))
+
+
+def test_warming_up_s3_at_daemon_start_never_fails_on_a_broken_aws_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing profile is reported by the first real request (push.failed, health),
+    not by a traceback at start."""
+    from quiltsync.remote import settings as s3settings
+
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    s3settings.reset()
+    s3settings.warm_up()
+    monkeypatch.delenv("AWS_PROFILE")
+    s3settings.reset()

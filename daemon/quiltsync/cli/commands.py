@@ -211,10 +211,10 @@ def check(ctx: Context) -> int:
 
 def doctor(ctx: Context, *, fix: bool) -> int:
     from quiltsync.remote import quiltcache
-    from quiltsync.remote.registry import parse_manifest, quilt_paths
+    from quiltsync.remote.registry import manifest_parser, quilt_paths
 
     root = quilt_paths()[0]
-    report = quiltcache.inspect(root, {f.bucket for f in ctx.config.folder}, parse_manifest)
+    report = quiltcache.inspect(root, {f.bucket for f in ctx.config.folder}, manifest_parser)
     ctx.emit(f"quilt3 cache {root}: {report.total_bytes / 1e6:.1f} MB, {report.manifests} cached manifests, "
              f"{report.objects} object-path entries")
     for p in report.problems:

@@ -110,8 +110,10 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from quiltsync.local.memory import return_large_buffers
+    from quiltsync.remote.settings import prepare_environment
 
     return_large_buffers()  # freed manifests leave the resident memory (local/memory.py)
+    prepare_environment()  # quilt3's import-time environment, botocore's retry mode: once, before any thread
     code: int | None = None
     try:
         try:

@@ -57,8 +57,13 @@ def manifest_cache_name(bucket: str, top_hash: str) -> str:
     return hashlib.sha256(f"s3://{bucket}/.quilt/packages/{top_hash}".encode()).hexdigest()
 
 
-def inspect(root: Path, buckets: Iterable[str], parse: ParseManifest) -> CacheReport:
-    """Look at every cache file under ``root`` (quilt3's ``.../Quilt/v0``)."""
+def inspect(root: Path, buckets: Iterable[str], parser: Callable[[], ParseManifest]) -> CacheReport:
+    """Look at every cache file under ``root`` (quilt3's ``.../Quilt/v0``).
+
+    ``parser()`` gives the manifest parser (quilt3's, the authority: it imports
+    quilt3), called once, only if there are manifests, and outside the per-file
+    checks: if quilt3 cannot be imported the inspection fails, rather than calling
+    every manifest corrupt."""
     report = CacheReport(root)
     if not root.is_dir():
         return report
@@ -71,12 +76,15 @@ def inspect(root: Path, buckets: Iterable[str], parse: ParseManifest) -> CacheRe
             except OSError:
                 continue
     mdir = root / "manifest"
+    parse: ParseManifest | None = None
     if mdir.is_dir():
         for p in sorted(mdir.iterdir()):
             if p.suffix == ".tmp":
                 report.problems.append(CacheProblem(p, "temp_file", "leftover of an interrupted download"))
                 continue
             report.manifests += 1
+            if parse is None:
+                parse = parser()
             problem = _check_manifest(p, known, parse)
             if problem is not None:
                 report.problems.append(problem)

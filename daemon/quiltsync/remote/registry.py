@@ -3,8 +3,8 @@
 Everything quiltsync asks of a registry goes through ``Registry``; quilt3's and
 botocore's exceptions are mapped here into quiltsync's own (errors.py), as
 transient (worth retrying) or permanent. quilt3 is imported only where it is
-used (restore, history's manifests, workflows configs: not by the push path or
-the daemon's steady state, which saves about 24 MB), and only after the
+used (restore, the check of quilt3's own manifest cache, workflows configs: not
+by the push path or the daemon's steady state, which saves about 24 MB), and only after the
 environment it reads at import time is set (usage metrics off, progress bars
 off), see ``settings``.
 
@@ -109,17 +109,24 @@ def describe(e: BaseException) -> str:
 
 def _quilt3_errors() -> tuple[type[BaseException], ...]:
     """(QuiltConflictException, QuiltException) once quilt3 is imported; none before:
-    the push path and the daemon's checks never import it (about 24 MB resident),
-    and what was never imported cannot have raised."""
+    the push path and the daemon never import it (about 24 MB resident), and what
+    was never imported cannot have raised. Not while another thread is importing
+    it (quilt3.util is in sys.modules before its classes are defined)."""
+    if not settings.quilt3_imported():
+        return ()
     util = sys.modules.get("quilt3.util")
-    return (util.QuiltConflictException, util.QuiltException) if util is not None else ()
+    conflict, base = getattr(util, "QuiltConflictException", None), getattr(util, "QuiltException", None)
+    return (conflict, base) if conflict is not None and base is not None else ()
 
 
 def _quilt3() -> Any:
-    """quilt3, imported with its environment set (settings.import_quilt3)."""
-    settings.import_quilt3()
-    import quilt3
-
+    """quilt3, imported with its environment set (settings.import_quilt3); a failing
+    import (e.g. a QUILT_* variable it rejects) is a PermanentError naming why."""
+    try:
+        settings.import_quilt3()
+        import quilt3
+    except Exception as e:
+        raise PermanentError(f"cannot import quilt3: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     return quilt3
 
 
@@ -406,8 +413,8 @@ class Registry:
         What quilt3's ``Package.push`` does, with quiltsync's own parts
         (docs/design.md, "The push path" and "Uploads"): check that `latest` is still
         ``base`` (PushConflict otherwise); upload the files (transfer.py: one read
-        each, Content-MD5 and SHA-256 from the bytes sent, the versionId from S3's
-        answer; ``progress`` hears how far it got); after the uploads,
+        each, quilt3's hash and the checksum the server verifies from the bytes
+        sent, the versionId from S3's answer; ``progress`` hears how far it got); after the uploads,
         ``changed_sources()`` names files that changed meanwhile, and if any, nothing
         is published (SourceChanged); check `latest` again; write the manifest
         (built by ``writer`` from the changed entries only), the timestamp pointer and
@@ -600,8 +607,8 @@ def bucket_versioning(bucket: str, *, max_age_s: float = _VERSIONING_TTL_S) -> s
 
 def upload_mode(bucket: str, *, fresh: bool = False) -> tuple[str, str | None]:
     """What the server verifies of quiltsync's uploads to ``bucket``: transfer.MODE_SHA256
-    (Content-MD5 and S3's SHA-256 checksums) or transfer.MODE_MD5 (no flexible
-    checksums: Content-MD5 only). Learned from the uploads, or from one small probe
+    (S3's SHA-256 checksums) or transfer.MODE_MD5 (no flexible checksums:
+    Content-MD5). Learned from the uploads, or from one small probe
     PUT (then deleted with its version) when ``fresh`` or not known yet; and why
     that probe object could not be deleted, if so. Raises TransientError /
     PermanentError when the probe cannot be written."""
@@ -640,10 +647,15 @@ def version_id_of(physical_key: str) -> str | None:
     return None
 
 
-def parse_manifest(data: bytes) -> tuple[str, list[str]]:
-    """(top_hash, physical key URLs) of a manifest's bytes, as quilt3 reads it."""
-    pkg = _quilt3().Package.load(io.BytesIO(data))
-    return pkg.top_hash, [str(e.physical_key) for _lk, e in pkg.walk()]
+def manifest_parser() -> Callable[[bytes], tuple[str, list[str]]]:
+    """quilt3's reading of a manifest's bytes: (top_hash, physical key URLs). Imports
+    quilt3 here (an import error is raised here, not taken for a corrupt manifest)."""
+    quilt3 = _quilt3()
+
+    def parse(data: bytes) -> tuple[str, list[str]]:
+        pkg = quilt3.Package.load(io.BytesIO(data))
+        return pkg.top_hash, [str(e.physical_key) for _lk, e in pkg.walk()]
+    return parse
 
 
 def quilt_credentials_file() -> Path | None:

@@ -149,7 +149,7 @@ def client_config(**overrides: Any) -> Any:
         "max_pool_connections": PARALLEL_PUSHES * per_push + 10,
         # No checksum botocore computes by itself (CRC32 in a header or an aws-chunked
         # trailer, which S3 servers without flexible checksums reject): quiltsync sends
-        # Content-MD5 and SHA-256 it computed from the bytes it sends (transfer.py).
+        # the checksum the server verifies, computed from the bytes it sends (transfer.py).
         "request_checksum_calculation": "when_required",
     }
     return botocore.config.Config(**{**base, **overrides})
@@ -172,8 +172,17 @@ def warm_up() -> None:
     """Import boto3 and load the S3 service model into the shared session, at daemon
     start: the start-up reconcile's first request would otherwise pay for it (about
     0.15 s of CPU, once quilt3 no longer imports boto3 at start) in the middle of its
-    scan."""
-    thread_client("s3")
+    scan. Best effort: a broken AWS config or profile is reported by the first real
+    request (a push.failed, the health checks), as before, not here."""
+    try:
+        thread_client("s3")
+    except Exception:  # botocore resolves the profile and region here: errors surface later
+        pass
+
+
+def quilt3_imported() -> bool:
+    """quilt3 finished importing (through import_quilt3)."""
+    return _state.quilt3_ready
 
 
 def _session() -> Any:

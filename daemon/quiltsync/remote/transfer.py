@@ -265,7 +265,8 @@ class Transfers:
         return hit[1] if hit is not None and time.monotonic() - hit[0] < PROBE_TTL_S else None
 
     def learn(self, identity: str, answer: dict[str, Any]) -> str:
-        """What a PutObject answer (with ChecksumSHA256 sent) says of the server."""
+        """What an answer to a request that sent ChecksumSHA256 says of the server
+        (PutObject answers teach either mode; UploadPart answers only SHA-256)."""
         mode = MODE_SHA256 if answer.get("ChecksumSHA256") else MODE_MD5
         self._modes[identity] = (time.monotonic(), mode)
         return mode

@@ -386,10 +386,10 @@ def check_credentials() -> CheckResult:
 
 def check_cache(config: Config) -> CheckResult:
     from quiltsync.remote import quiltcache
-    from quiltsync.remote.registry import parse_manifest, quilt_paths
+    from quiltsync.remote.registry import manifest_parser, quilt_paths
 
     root = quilt_paths()[0]
-    report = quiltcache.inspect(root, {f.bucket for f in config.folder}, parse_manifest)
+    report = quiltcache.inspect(root, {f.bucket for f in config.folder}, manifest_parser)
     size = f"{report.total_bytes / 1e6:.1f} MB, {report.manifests} manifests, {report.objects} object paths"
     if report.ok:
         return CheckResult("cache", str(root), "ok", size)
