@@ -96,7 +96,7 @@ class ProgressBar:
         self._bar: Any = None
         self._lock = threading.Lock()
 
-    def __call__(self, p: Any) -> None:
+    def __call__(self, p: transfer.Progress) -> None:
         with self._lock:
             if self._bar is None or p.bytes_done < self._bar.n:
                 self._close()

@@ -233,7 +233,7 @@ class _Tally:
 class Transfers:
     """The process's uploads: a pool of ``concurrency`` request threads and one
     bandwidth cap, shared by every folder; and what each server was found to
-    verify (Content-MD5 and SHA-256, or Content-MD5 only)."""
+    verify (S3's SHA-256 checksums, or Content-MD5 only)."""
 
     def __init__(self, concurrency: int = DEFAULT_CONCURRENCY, max_bytes_per_second: float = 0.0) -> None:
         self._lock = threading.Lock()
