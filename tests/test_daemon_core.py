@@ -23,6 +23,7 @@ from quiltsync.errors import PermanentError
 from quiltsync.local.index import Index
 from quiltsync.remote import settings
 from quiltsync.service.daemon import HOLD_POLL_SECONDS, Daemon
+from quiltsync.service.folders import stuck_rows
 
 PKG = "team/data"
 
@@ -290,7 +291,7 @@ def test_a_folder_with_large_manifests_is_paced_and_loses_no_change(h: Harness) 
         h.advance(60)
     h.idle()
     assert len(h.reg.pushes) == 1  # paced: 5 minutes of changes wait
-    assert h.daemon._stuck_checks(h.clock.now)[0].status == "ok"  # waiting for pacing is no stall
+    assert stuck_rows(h.daemon.schedule, h.daemon.folders, h.clock.now)[0].status == "ok"  # pacing is no stall
     h.advance(wait)
     h.idle()
     assert len(h.reg.pushes) == 2

@@ -119,3 +119,31 @@ def test_state_files_are_private(setup: Setup) -> None:
     index = setup.state_dir / "index.sqlite3"
     assert stat.S_IMODE(index.stat().st_mode) == 0o600
     assert stat.S_IMODE(setup.state_dir.stat().st_mode) & 0o077 == 0
+
+
+def test_moved_keys_are_deleted_keys_whose_size_and_hash_an_added_file_has() -> None:
+    """The rename rule, pure: a deleted key counts as moved only when an added file
+    has its size and its hash (of the entry's own hash type); an added file of
+    another size is never read."""
+    from quiltsync.core.safety import moved_keys
+    from quiltsync.core.types import Entry, HashValue
+
+    def h(v: str, t: str = "sha2-256-chunked") -> HashValue:
+        return HashValue(t, v)
+
+    entries = {"old/a": Entry(h("A"), 10, "s3://b/old/a?versionId=1", None),
+               "old/b": Entry(h("B", "SHA256"), 20, "s3://b/old/b?versionId=1", None),
+               "old/c": Entry(h("C"), 30, "s3://b/old/c?versionId=1", None)}
+    local = {"new/a": (10, {"sha2-256-chunked": h("A"), "SHA256": h("a")}),
+             "new/b": (20, {"sha2-256-chunked": h("b"), "SHA256": h("B", "SHA256")}),
+             "new/c": (30, {"sha2-256-chunked": h("other"), "SHA256": h("other")}),
+             "new/d": (99, {})}
+    read: list[str] = []
+
+    def hash_of(lk: str, hash_type: str) -> HashValue | None:
+        read.append(lk)
+        return local[lk][1][hash_type]
+
+    moved = moved_keys(list(entries), list(local), entries, lambda lk: local[lk][0], hash_of)
+    assert moved == {"old/a", "old/b"}  # old/c: same size, other bytes
+    assert "new/d" not in read

@@ -157,9 +157,9 @@ def test_progress_counts_every_byte_once_and_push_progress_is_logged_for_a_long_
     instead, the hook hears every byte once and nothing is logged."""
     from structlog.testing import capture_logs
 
-    from quiltsync.engine import pusher as pusher_module
+    from quiltsync.engine import uploads as uploads_module
 
-    monkeypatch.setattr(pusher_module, "PROGRESS_SECONDS", 0.5)
+    monkeypatch.setattr(uploads_module, "PROGRESS_SECONDS", 0.5)
     transfer.transfers().configure(4, 2 * MIB)
     (setup.folder / "a.bin").write_bytes(os.urandom(4 * MIB))
     (setup.folder / "b.bin").write_bytes(os.urandom(2 * MIB))

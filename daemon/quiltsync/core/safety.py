@@ -11,7 +11,10 @@ files.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+
+from quiltsync.core.types import Entry, HashValue
 
 RELEASE_HINT = "once that is intended, run `quiltsync push --folder {package} --allow-deletes`"
 
@@ -54,3 +57,28 @@ def deletion_verdict(
     if reason is None:
         return None
     return Held(f"{reason}; {RELEASE_HINT.format(package=package)}", len(deleted), base_files)
+
+
+def moved_keys(deleted: Iterable[str], added: Iterable[str], entries: Mapping[str, Entry],
+               size_of: Callable[[str], int], hash_of: Callable[[str, str], HashValue | None]) -> set[str]:
+    """Deleted keys whose bytes an added file has (same size and hash): moved, not
+    lost (a renamed folder deletes nothing). ``size_of(key)`` is an added file's
+    size; ``hash_of(key, hash_type)`` hashes it (None: unreadable), called only for
+    files whose size some deleted entry has."""
+    gone: dict[tuple[int, HashValue], list[str]] = {}
+    for lk in deleted:
+        e = entries[lk]
+        gone.setdefault((e.size, e.hash), []).append(lk)
+    sizes = {size for size, _h in gone}
+    types = {h.type for _size, h in gone}
+    moved: set[str] = set()
+    for lk in added:
+        size = size_of(lk)
+        if size not in sizes:
+            continue
+        for hash_type in types:
+            local = hash_of(lk, hash_type)
+            if local is not None and (size, local) in gone:
+                moved.update(gone[(size, local)])
+                break
+    return moved

@@ -12,13 +12,15 @@
 2. **Scan**: stat only; the whole folder, or only the paths events named.
 3. **Plan** (pure, ``core.planner``): added, modified, deleted; hashes only
    where stats cannot decide.
-4. **Safety** (pure, ``core.safety``): a mass deletion, an emptied or remounted
-   folder is refused and held (recorded in the index until released); a bucket
-   without versioning is refused.
-5. **Publish**: render the commit message, check name, message and metadata
-   against the bucket's workflows config (``remote.workflows``: refused before
-   any upload), upload and write the manifest without ``force``; another
-   writer's revision makes the pass rebase on it and plan again.
+4. **Safety** (``engine.gates`` around the pure ``core.safety``): a mass
+   deletion, an emptied or remounted folder is refused and held (recorded in the
+   index until released); a bucket without versioning is refused.
+5. **Publish**: gather what to send (``engine.uploads``: still copies of files
+   being written, renames and copies pointed at versions already in the bucket),
+   render the commit message, check name, message and metadata against the
+   bucket's workflows config (``engine.gates``: refused before any upload),
+   upload and write the manifest without ``force``; another writer's revision
+   makes the pass rebase on it and plan again.
 6. **Commit** the index in one transaction, after the registry accepted.
 
 The whole pass holds the package's lock in ``state_dir``, so a `quiltsync push`
@@ -27,32 +29,26 @@ and the daemon never push one package at the same time.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from quiltsync.config import FolderConfig
-from quiltsync.core.manifest import ManifestWriter, revision_meta, top_hash_of
+from quiltsync.core.manifest import ManifestWriter, top_hash_of
 from quiltsync.core.message import MessageValues, render
 from quiltsync.core.planner import Plan, hold_back, plan_push
-from quiltsync.core.safety import deletion_verdict
-from quiltsync.core.types import Entry, FileRecord, FileStat, HashValue, LastPush, PushResult, Revision
+from quiltsync.core.types import FileRecord, FileStat, HashValue, LastPush, PushResult, Revision
+from quiltsync.engine.gates import Gates
+from quiltsync.engine.uploads import Uploads, changed_since_stat, gather, progress_reporter, reuse_known, stat_or_none
 from quiltsync.errors import (
-    DeletionsHeld,
-    NotVersioned,
     PermanentError,
     PushConflict,
     PushRefused,
     SourceChanged,
     TransientError,
-    WorkflowRefused,
 )
 from quiltsync.local import hashing
 from quiltsync.local.index import Index
@@ -61,15 +57,13 @@ from quiltsync.local.memory import gc_paused
 from quiltsync.local.scanner import RootUnavailable, Scan, make_ignore_spec, rescan_paths, scan_folder
 from quiltsync.local.stillcopy import StillCopies
 from quiltsync.logs import get_logger
-from quiltsync.remote.registry import Registry, unpinned_keys, version_id_of
+from quiltsync.remote.registry import Registry, unpinned_keys
 from quiltsync.remote.transfer import Progress
 
 __all__ = ["FolderPusher", "PushResult", "push_with_retries"]
 
 MAX_CONFLICT_RETRIES = 5
 S3_MAX_KEY_BYTES = 1024
-HOT_NS = 2_000_000_000  # modified this recently: maybe still being written
-PROGRESS_SECONDS = 5.0  # push.progress at most this often during an upload
 
 
 @dataclass(slots=True)
@@ -84,18 +78,6 @@ class Base:
     @property
     def top_hash(self) -> str | None:
         return self.revision.top_hash if self.revision else None
-
-
-@dataclass(slots=True)
-class _Uploads:
-    """What the upload step sends: from the folder itself, or from still copies."""
-
-    sources: dict[str, tuple[Path, int]]
-    direct: dict[str, Path]
-    stats: dict[str, FileStat]
-    skipped: list[str]  # vanished, still moving, or copies that could not be taken
-    set_ns: int
-    reused: dict[str, Entry] = field(default_factory=dict)  # bytes already in the bucket: not uploaded
 
 
 class FolderPusher:
@@ -117,10 +99,10 @@ class FolderPusher:
         self.sleep = sleep
         self.ignore = make_ignore_spec(folder.ignore)
         self.log = get_logger("quiltsync.push").bind(package=folder.package, registry=folder.registry)
+        self.gates = Gates(folder, index, self.registry, self.log)  # refused before any upload (engine/gates.py)
         self._last: Base | None = None  # this process's last revision, trusted while the index agrees
         self._not_before = 0.0  # no push before this unix time (see _wait_for_next_second)
         self._hot: set[str] = set()  # keys that changed during an upload: pushed from still copies
-        self._refusal: str | None = None  # the refusal last logged: logged once, until a pass succeeds
         self._writer: ManifestWriter | None = None  # encodes only the entries that changed (core.manifest)
         self._racy: set[str] = set()  # keys of self._last whose recorded stat is racy: looked at every pass
         self.on_progress: Callable[[Progress], None] | None = None  # every upload update (cli push's bar)
@@ -164,14 +146,14 @@ class FolderPusher:
                 if base.trusted and self.registry.latest(self.folder.package) != base.top_hash:
                     base = self._rebase(base, "latest moved since our last push; rebasing on it")
                     continue
-                if not self._metadata_changed(base):
+                if not self.gates.metadata_changed(base.revision):
                     self._adopt(base, plan, scan, recorded_ns)
-                    self._refusal = None
+                    self.gates.passed()
                     self.log.info("push.skipped", reason="no changes", files=len(scan.files),
                                   hashed=plan.hashed, duration_ms=_ms_since(started))
                     return self._no_push(base, scan)
-            self._check_safe(plan, scan, base, allow_deletes)
-            self._check_versioning()
+            self.gates.deletions(plan, scan, base.revision, base.recorded, allow_deletes, self._hash_file)
+            self.gates.versioning()
             try:
                 return self._upload_and_publish(plan, scan, base, started, recorded_ns, defer_moving)
             except PushConflict as e:
@@ -254,198 +236,23 @@ class FolderPusher:
         except OSError:
             return None
 
-    # -- 4. safety ------------------------------------------------------------------------
-    def _check_safe(self, plan: Plan, scan: Scan, base: Base, allow_deletes: bool) -> None:
-        """Stop before a push that would drop data by accident; the folder is held."""
-        recorded = base.recorded
-
-        def verdict(deleted: list[str]) -> Any:
-            return deletion_verdict(
-                package=self.folder.package, folder=str(self.folder.path), base_top_hash=base.top_hash,
-                base_files=len(base.revision.entries) if base.revision else 0, scanned_files=len(scan.files),
-                deleted=deleted, recorded_root_dev=recorded.root_dev if recorded else 0,
-                root_dev=scan.root_dev, max_delete_fraction=self.folder.max_delete_fraction,
-                allow_deletes=allow_deletes)
-
-        held = verdict(plan.deleted)
-        if held is not None and plan.added and base.revision is not None:
-            # a renamed folder deletes nothing: its bytes come back under the new names
-            moved = self._moved(plan, scan, base.revision.entries)
-            if moved:
-                held = verdict([k for k in plan.deleted if k not in moved])
-        if held is None:
-            return
-        self.index.set_hold(self.folder.package, held.reason, time.time())
-        self._refused(held.reason, deleted=held.deleted, files=held.files)
-        raise DeletionsHeld(f"{self.folder.package}: {held.reason}")
-
-    def _moved(self, plan: Plan, scan: Scan, entries: dict[str, Entry]) -> set[str]:
-        """Deleted keys whose bytes an added file has (same size and hash): moved, not lost."""
-        gone: dict[tuple[int, HashValue], list[str]] = {}
-        for lk in plan.deleted:
-            e = entries[lk]
-            gone.setdefault((e.size, e.hash), []).append(lk)
-        sizes = {size for size, _h in gone}
-        types = {h.type for _size, h in gone}
-        moved: set[str] = set()
-        for lk in plan.added:
-            size = scan.files[lk].size
-            if size not in sizes:
-                continue
-            for hash_type in types:
-                local = self._hash_file(lk, hash_type)
-                if local is not None and (size, local) in gone:
-                    moved.update(gone[(size, local)])
-                    break
-        return moved
-
-    def _refused(self, reason: str, **fields: object) -> None:
-        """Log ``push.refused`` once per reason: a retry that is refused again for
-        the same reason adds nothing to the log."""
-        if reason != self._refusal:
-            self.log.error("push.refused", reason=reason, **fields)
-        self._refusal = reason
-
-    def _check_versioning(self) -> None:
-        """Refuse to push to a bucket that does not keep versions (FACTS.md: an old
-        top_hash would then silently restore the newest bytes)."""
-        bucket = self.folder.bucket
-        status = self.registry.versioning()
-        if status == "Enabled":
-            return
-        what = "was never enabled" if status is None else "is Suspended"
-        if self.folder.allow_unversioned:
-            self.log.warning("push.unversioned", bucket=bucket,
-                             detail=f"versioning of bucket {bucket} {what}; pushing because "
-                                    "allow_unversioned = true: older revisions will restore the newest bytes")
-            return
-        reason = (f"versioning of bucket {bucket} {what}, so older revisions could not be restored "
-                  f"(quilt3 would silently return the newest bytes); enable it with `aws s3api "
-                  f"put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled`, "
-                  "or set allow_unversioned = true for this folder")
-        self._refused(reason)
-        raise NotVersioned(f"{self.folder.package}: {reason}")
-
-    def _metadata_changed(self, base: Base) -> bool:
-        """``[folder.metadata]`` differs from the latest revision's: worth a revision
-        of its own, even when no file changed."""
-        if self.folder.metadata is None or base.revision is None:
-            return False
-        def canonical(v: object) -> str:  # JSON's view: 1, 1.0 and true differ
-            return json.dumps(v, sort_keys=True)
-        return canonical(base.revision.meta.get("user_meta")) != canonical(self.folder.metadata)
-
-    def _revision_meta(self, base: Base, message: str, uploads: _Uploads, deleted: list[str]) -> dict[str, Any]:
-        """The new revision's package metadata, with the stamp of the bucket's
-        workflow; WorkflowRefused (before any upload) when the workflow rejects it."""
-        meta = revision_meta(base.revision.meta if base.revision else None, self.folder.metadata, None)
-        entries = base.revision.entries if base.revision else {}
-        gone = set(deleted) | set(uploads.sources) | set(uploads.reused)
-
-        def rows() -> list[tuple[str, int, dict[str, Any]]]:
-            out = [(lk, e.size, (e.meta or {}).get("user_meta") or {}) for lk, e in entries.items() if lk not in gone]
-            out += [(lk, e.size, {}) for lk, e in uploads.reused.items()]  # renamed or copied: new keys all the same
-            return out + [(lk, size, {}) for lk, (_src, size) in uploads.sources.items()]
-
-        try:
-            stamp = self.registry.workflow_stamp(self.folder.package, workflow=self.folder.workflow,
-                                                 message=message, user_meta=meta.get("user_meta") or {},
-                                                 entries=rows)
-        except WorkflowRefused as e:
-            self._refused(str(e), check="workflow")
-            raise WorkflowRefused(f"{self.folder.package}: {e}") from None
-        return revision_meta(meta, None, stamp)
-
     # -- 5. upload and publish ------------------------------------------------------------
     def _upload_and_publish(self, plan: Plan, scan: Scan, base: Base, started: float,
                             recorded_ns: int, defer_moving: bool) -> PushResult:
         copies = StillCopies(self.folder, self.state_dir)
         try:
-            uploads = self._sources(plan, scan, defer_moving, copies)
-            if not uploads.sources and not plan.deleted and not self._metadata_changed(base):
+            uploads = gather(self.folder.path, plan.uploads, scan.files, defer_moving=defer_moving,
+                             hot=self._hot, copies=copies, log=self.log)
+            if not uploads.sources and not plan.deleted and not self.gates.metadata_changed(base.revision):
                 # all deferred, vanished or unreadable
                 return self._no_push(base, scan, uploads.skipped)
             return self._publish(plan, scan, base, started, recorded_ns, uploads)
         finally:
             copies.clear()
 
-    def _sources(self, plan: Plan, scan: Scan, defer_moving: bool, copies: StillCopies) -> _Uploads:
-        """Re-stat each file to upload; files being written go up as still copies."""
-        out = _Uploads({}, {}, {}, [], time.time_ns())  # set_ns before the stats: conservative
-        for lk in plan.uploads:
-            path = self.folder.path / lk
-            st = _stat_or_none(path)
-            if st is None or (defer_moving and st != scan.files[lk] and lk not in self._hot):
-                out.skipped.append(lk)  # vanished, or still being written: next round
-                continue
-            if not os.access(path, os.R_OK):
-                self.log.warning("scan.skipped", path=str(path), reason="permission denied")
-                continue
-            if lk in self._hot or (not defer_moving and st.mtime_ns > out.set_ns - HOT_NS):
-                copy = copies.take(path)
-                if copy is None:
-                    out.skipped.append(lk)
-                    continue
-                st, source = copy
-            else:
-                source = path
-                out.direct[lk] = path
-            out.sources[lk] = (source, st.size)
-            out.stats[lk] = st
-        return out
-
-    def _reuse(self, base: Base, uploads: _Uploads) -> None:
-        """Renames and copies without uploads: a file whose size and hash equal an
-        entry of the base revision gets that entry's physical key and version (quilt3
-        entries may point at any object version of the bucket); one local read, no
-        upload, and only for files whose size some entry has. The index finds them
-        (by size, then hash) while it records the base revision, so this costs what
-        changed, not a walk of the entries. Only pinned versions of this registry's
-        bucket are reused (an unpinned key would follow later writes). The torn-file
-        guard still applies: a file that changes before the publish aborts it, as an
-        upload would."""
-        rev, recorded = base.revision, base.recorded
-        if rev is None or not uploads.sources or recorded is None or recorded.top_hash != rev.top_hash:
-            return
-        package, prefix = self.folder.package, f"s3://{self.registry.bucket}/"
-        for lk, (source, size) in list(uploads.sources.items()):
-            if not self.index.has_size(package, size):
-                continue
-            try:
-                local = hashing.chunked_sha256(source)
-            except OSError:
-                continue  # unreadable now: the upload reports it
-            for other, pk in self.index.holding(package, size, local):
-                known = rev.entries.get(other)
-                if known is not None and known.physical_key == pk and pk.startswith(prefix) \
-                        and version_id_of(pk) not in (None, "null"):
-                    uploads.reused[lk] = Entry(local, size, pk, None)
-                    del uploads.sources[lk]
-                    break
-
-    def _progress(self) -> Callable[[Progress], None]:
-        """An upload's progress: ``on_progress`` (a terminal's bar) hears every
-        update (from upload threads); without one, ``push.progress`` is logged at
-        most every PROGRESS_SECONDS, so a short push logs none."""
-        lock, hook = threading.Lock(), self.on_progress
-        last = [time.monotonic()]
-
-        def report(p: Progress) -> None:
-            if hook is not None:  # a terminal's bar shows it: log lines would break the bar
-                hook(p)
-                return
-            now = time.monotonic()
-            with lock:
-                if now - last[0] < PROGRESS_SECONDS:
-                    return
-                last[0] = now
-            self.log.info("push.progress", bytes_done=p.bytes_done, bytes_total=p.bytes_total,
-                          files_done=p.files_done, files_total=p.files_total)
-        return report
-
     def _publish(self, plan: Plan, scan: Scan, base: Base, started: float, recorded_ns: int,
-                 uploads: _Uploads) -> PushResult:
-        self._reuse(base, uploads)
+                 uploads: Uploads) -> PushResult:
+        reuse_known(uploads, self.index, self.folder.package, self.registry.bucket, base.revision, base.recorded)
         setting = uploads.sources.keys() | uploads.reused.keys()
         counts = {"added": sum(k in setting for k in plan.added),
                   "modified": sum(k in setting for k in plan.modified),
@@ -455,21 +262,18 @@ class FolderPusher:
         message = render(self.folder.message, MessageValues(
             socket.gethostname(), self.folder.package, str(self.folder.path), files=files, when=self.clock(),
             **counts))
-        meta = self._revision_meta(base, message, uploads, plan.deleted)
+        meta = self.gates.revision_meta(base.revision, message, uploads, plan.deleted)
         self._wait_for_next_second(base.recorded)
         self.log.info("push.started", uploads=len(uploads.sources), deletes=len(plan.deleted),
                       reused=len(uploads.reused), parent_top_hash=base.top_hash)
-
-        def changed_sources() -> list[str]:
-            return sorted(lk for lk, path in uploads.direct.items() if _stat_or_none(path) != uploads.stats[lk])
 
         if self._writer is None:
             self._writer = self.registry.manifest_writer()
         try:
             published = self.registry.push(self.folder.package, base.revision, uploads.sources, plan.deleted,
                                            message=message, meta=meta, writer=self._writer,
-                                           reused=uploads.reused, changed_sources=changed_sources,
-                                           progress=self._progress())
+                                           reused=uploads.reused, changed_sources=lambda: changed_since_stat(uploads),
+                                           progress=progress_reporter(self.on_progress, self.log))
         except SourceChanged as e:
             self._hot.update(e.keys)
             self.log.warning("push.aborted", keys=e.keys[:20], count=len(e.keys),
@@ -478,8 +282,8 @@ class FolderPusher:
             return self._no_push(base, scan, sorted([*e.keys, *uploads.skipped]))
         new = published.revision
         self._hot.difference_update(uploads.sources)
-        self._refusal = None
-        changed = [lk for lk, st in uploads.stats.items() if _stat_or_none(self.folder.path / lk) != st]
+        self.gates.passed()
+        changed = [lk for lk, st in uploads.stats.items() if stat_or_none(self.folder.path / lk) != st]
         self._commit(new, base, plan, scan, uploads, recorded_ns)
         result = PushResult(
             self.folder.package, self.folder.registry, new.top_hash, base.top_hash,
@@ -491,7 +295,7 @@ class FolderPusher:
         return result
 
     # -- 6. commit ---------------------------------------------------------------------
-    def _commit(self, new: Revision, base: Base, plan: Plan, scan: Scan, uploads: _Uploads,
+    def _commit(self, new: Revision, base: Base, plan: Plan, scan: Scan, uploads: Uploads,
                 recorded_ns: int) -> None:
         last = self._last_push(new, self.clock(), scan.root_dev)
         if base.trusted:
@@ -520,7 +324,7 @@ class FolderPusher:
             return
         self._racy = {lk for lk in (*self._racy, *changed) if lk in files and files[lk].racy}
 
-    def _report(self, result: PushResult, new: Revision, uploads: _Uploads, hashed: int) -> None:
+    def _report(self, result: PushResult, new: Revision, uploads: Uploads, hashed: int) -> None:
         self.log.info("push.completed", top_hash=result.top_hash, parent_top_hash=result.parent_top_hash,
                       added=result.added, modified=result.modified, deleted=result.deleted,
                       files=result.files, bytes_uploaded=result.bytes_uploaded,
@@ -587,13 +391,6 @@ class FolderPusher:
 
 def _ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
-
-
-def _stat_or_none(path: Path) -> FileStat | None:
-    try:
-        return FileStat.of(os.stat(path))
-    except OSError:
-        return None
 
 
 def push_with_retries(

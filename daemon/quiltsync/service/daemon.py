@@ -18,7 +18,6 @@ no push is in flight, then treats every folder as new on that registry.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import os
 import queue
@@ -41,6 +40,8 @@ from quiltsync.local.locks import DaemonLock
 from quiltsync.logs import get_logger
 from quiltsync.remote import settings as s3settings
 from quiltsync.remote import transfer
+from quiltsync.service import folders
+from quiltsync.service.folders import FolderState
 from quiltsync.service.health import CheckResult
 from quiltsync.service.monitor import HealthMonitor, start_metrics
 from quiltsync.service.notify import Notifier
@@ -48,32 +49,19 @@ from quiltsync.service.polls import PollDone, Polls
 from quiltsync.service.pruner import CHECK_SECONDS as PRUNE_CHECK_SECONDS
 from quiltsync.service.pruner import Pruner
 from quiltsync.service.pushes import Pushes
-from quiltsync.service.roots import FIRST_POLL, ROOT_CHECK_SECONDS, Hooks, Roots, RootState
+from quiltsync.service.roots import ROOT_CHECK_SECONDS, Hooks, Roots, RootState
 
 HEALTH_DEFER_SECONDS = 120.0  # a health run waits at most this long for a full reconcile to end
 DRAIN_SECONDS = 60.0  # SIGTERM: finish and push pending changes for at most this long
 HOLD_POLL_SECONDS = 1.0  # while a folder is held: how often the index is asked for a release
 
 PusherFactory = Callable[[FolderConfig, Index], Any]
-_DONE: Future[Any] = Future()
-_DONE.set_result(None)
 
 
 def _real_pusher(folder: FolderConfig, index: Index) -> Any:
     from quiltsync.engine.pusher import FolderPusher
 
     return FolderPusher(folder, index)
-
-
-@dataclass(slots=True)
-class _Folder:
-    config: FolderConfig
-    pusher: Any  # FolderPusher
-    generation: int
-    root: RootState
-    last_push: float | None = None  # wall time
-    refused: str | None = None  # why the bucket's workflow refused its last push
-    pacer: Pacer = field(default_factory=lambda: Pacer(0))  # the folder's manifest budget (core/pacing.py)
 
 
 @dataclass(slots=True)
@@ -98,7 +86,7 @@ class Daemon:
         self.log = get_logger("quiltsync.daemon")
         self.inbox: queue.SimpleQueue[_Msg] = queue.SimpleQueue()
         self.schedule = Scheduler()
-        self.folders: dict[str, _Folder] = {}
+        self.folders: dict[str, FolderState] = {}
         self.pushes = Pushes(self.schedule, lambda pkg: self.inbox.put(_Msg("done", pkg)), self.log)
         self.stopping = False
         self.index: Index | None = None
@@ -274,7 +262,7 @@ class Daemon:
         generation = self.schedule.configure(f.package, Timing(f.settle_seconds, f.max_delay_seconds),
                                              self.clock())
         old = self.folders.get(f.package)
-        st = _Folder(f, self.pusher_factory(f, self.index), generation, RootState(f),
+        st = FolderState(f, self.pusher_factory(f, self.index), generation, RootState(f),
                      pacer=old.pacer if old is not None else Pacer(f.max_manifest_bytes_per_day))
         st.pacer.retune(f.max_manifest_bytes_per_day)
         now = self.clock()
@@ -322,48 +310,17 @@ class Daemon:
     # -- pushes (service/pushes.py) --------------------------------------------------------
     def _push_done(self, package: str, now: float) -> None:
         start, st, result = self.pushes.finish(package, now)
-        if isinstance(result, Exception):
-            if isinstance(result, WorkflowRefused) and self.monitor is not None:
-                # shown by `status` now, not at the next health run; logged once per reason
-                if st.refused != str(result) or self.monitor.ok("workflow", package) is not False:
-                    self.monitor.note(CheckResult("workflow", package, "fail", f"pushes are refused: {result}"))
-                st.refused = str(result)
-        else:
+        if isinstance(result, WorkflowRefused):
+            folders.workflow_refused(st, self.monitor, result)
+        elif not isinstance(result, Exception):
             if result.pushed:
                 st.last_push = time.time()
-                self._pace(package, st, result.manifest_bytes, now)
-                if st.refused and self.monitor is not None:  # only a publish proves the workflow passed
-                    st.refused = None
-                    self.monitor.note(CheckResult("workflow", package, "ok",
-                                                  "the workflow accepts this folder again"))
+                folders.pace(st, self.schedule, self.monitor, self.log, result.manifest_bytes, now)
+                folders.workflow_accepted(st, self.monitor)
             if start.batch.full:
                 self.log.info("rescan.completed", package=package, files=result.files,
                               pushed=result.pushed, top_hash=result.top_hash)
         self.notifier.status(self._status_line())
-
-    def _pace(self, package: str, st: _Folder, manifest_bytes: int, now: float) -> None:
-        """A revision spent its manifest's bytes of the folder's budget: the next one
-        may have to wait (shown by `status` through the stuck check's row)."""
-        st.pacer.spend(now, manifest_bytes)
-        until = st.pacer.ready_at(now)
-        if until <= now:
-            self.schedule.pace(package, None)
-            row = self.monitor.results.get(("stuck", package)) if self.monitor is not None else None
-            if row is not None and row.detail.startswith("paced"):
-                self._note_health(CheckResult("stuck", package, "ok", "changes flow"))
-            return
-        self.schedule.pace(package, until)
-        detail = self._paced_detail(st, until, now)
-        self.log.info("push.paced", package=package, next_in_s=round(until - now, 1), detail=detail)
-        self._note_health(CheckResult("stuck", package, "ok", detail))
-
-    @staticmethod
-    def _paced_detail(st: _Folder, until: float, now: float) -> str:
-        at = dt.datetime.fromtimestamp(time.time() + (until - now), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        cost = st.pacer.last_cost
-        size = f"{cost / 1e6:.1f} MB" if cost >= 1e6 else f"{cost / 1e3:.1f} kB"
-        return (f"paced: changes go in the next revision at {at} (in {until - now:.0f} s): each revision "
-                f"writes a {size} manifest, and max_manifest_bytes_per_day = {st.config.max_manifest_bytes_per_day}")
 
     # -- metrics and health (service/monitor.py) ------------------------------------------
     def _note_health(self, result: CheckResult) -> None:
@@ -391,23 +348,11 @@ class Daemon:
     def _health_done(self, fut: Future[Any], now: float) -> None:
         assert self.monitor is not None
         refused = {pkg for pkg, st in self.folders.items() if st.refused and self.monitor.ok("workflow", pkg) is False}
-        self.monitor.done(fut, self._stuck_checks(now))
+        self.monitor.done(fut, folders.stuck_rows(self.schedule, self.folders, now))
         for pkg in refused:  # the workflow check turned ok (a fixed config): retry now, not after the backoff
             if self.monitor.ok("workflow", pkg) and self.schedule.retry_now(pkg, now):
                 self.log.info("push.retrying", package=pkg, detail="the bucket's workflow accepts the folder now")
         self.notifier.status(self._status_line())
-
-    def _stuck_checks(self, now: float) -> list[CheckResult]:
-        out = []
-        for pkg, st in self.folders.items():
-            why = self.schedule.stuck(now, pkg, st.config.max_delay_seconds)
-            if why is not None and st.root.problem and why.startswith("pushes failing"):
-                why += f" ({st.root.problem})"
-            paced = self.schedule.paced(pkg, now)
-            out.append(CheckResult("stuck", pkg, "fail", why) if why else
-                       CheckResult("stuck", pkg, "ok", self._paced_detail(st, paced, now)) if paced is not None else
-                       CheckResult("stuck", pkg, "ok", "changes flow"))
-        return out
 
     # -- reload and stop ------------------------------------------------------------------
     def _reload(self) -> None:
@@ -455,28 +400,7 @@ class Daemon:
             self._watcher.stop()
         if self.polls is not None:
             self.polls.shutdown()
-        deadline = self.clock() + DRAIN_SECONDS
-        futures = {p: fut for p, (_s, fut, _st) in self.pushes.running.items()}
-        for pkg, fut in futures.items():  # finish the pushes in flight
-            if self.schedule.blocked(pkg) not in (None, FIRST_POLL):
-                continue  # waiting on a share that does not answer: not worth the drain's time
-            try:
-                fut.result(timeout=max(0.0, deadline - self.clock()))
-            except Exception:
-                pass
-        for pkg in pending:  # then push what was still pending, within the bound
-            if self.clock() >= deadline:
-                self.log.warning("daemon.drain_timeout", package=pkg)
-                continue
-            if self.schedule.held(pkg) or self.schedule.blocked(pkg) or not futures.get(pkg, _DONE).done():
-                continue
-            futures[pkg] = fut = self.pushes.pool.submit(self.folders[pkg].pusher.push, defer_moving=False,
-                                                         hold=self.folders[pkg].root.waiting)
-            try:
-                fut.result(timeout=max(0.0, deadline - self.clock()))
-            except Exception as e:
-                self.log.warning("push.failed", package=pkg, error=str(e), attempt=1, retry_in_s=None)
-        self.stuck = sorted(p for p, fut in futures.items() if not fut.done())
+        self.stuck = self.pushes.drain(self.folders, pending, self.clock() + DRAIN_SECONDS, self.clock)
         if self.stuck:
             self.log.warning("daemon.stuck_pushes", packages=self.stuck,
                              detail="pushes blocked in a filesystem call (a share that does not answer) are "

@@ -17,6 +17,10 @@ from quiltsync.core.schedule import Failed, Pushed, Scheduler, Start, outcome_of
 from quiltsync.core.types import PushResult
 from quiltsync.errors import BucketRefuses, QuiltsyncError
 from quiltsync.remote.settings import PARALLEL_PUSHES
+from quiltsync.service.roots import FIRST_POLL
+
+_DONE: Future[Any] = Future()
+_DONE.set_result(None)
 
 
 class Pushes:
@@ -79,6 +83,33 @@ class Pushes:
                 fut.result(timeout=max(0.0, timeout()))
             except Exception:
                 pass
+
+    def drain(self, folders: Mapping[str, Any], pending: list[str], deadline: float,
+              clock: Callable[[], float]) -> list[str]:
+        """SIGTERM: let the pushes in flight end, then push what was still pending,
+        all before ``deadline``; the packages whose push is still blocked then (in
+        a filesystem call on a share that does not answer) are returned."""
+        futures = {p: fut for p, (_s, fut, _st) in self.running.items()}
+        for pkg, fut in futures.items():
+            if self.schedule.blocked(pkg) not in (None, FIRST_POLL):
+                continue  # waiting on a share that does not answer: not worth the drain's time
+            try:
+                fut.result(timeout=max(0.0, deadline - clock()))
+            except Exception:
+                pass
+        for pkg in pending:
+            if clock() >= deadline:
+                self.log.warning("daemon.drain_timeout", package=pkg)
+                continue
+            if self.schedule.held(pkg) or self.schedule.blocked(pkg) or not futures.get(pkg, _DONE).done():
+                continue
+            st = folders[pkg]
+            futures[pkg] = fut = self.pool.submit(st.pusher.push, defer_moving=False, hold=st.root.waiting)
+            try:
+                fut.result(timeout=max(0.0, deadline - clock()))
+            except Exception as e:
+                self.log.warning("push.failed", package=pkg, error=str(e), attempt=1, retry_in_s=None)
+        return sorted(p for p, fut in futures.items() if not fut.done())
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
