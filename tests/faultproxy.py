@@ -7,7 +7,10 @@ Faults (set at any time, cleared with ``clear()``):
   so a fault window with any traffic at all sees resets;
 - ``blackhole``: nothing moves; connections hang (as in a partition) and resume when cleared;
 - ``refuse``: new connections are closed at once with RST;
-- ``cut_after``: responses are cut after this many bytes, then the connection is reset.
+- ``cut_after``: responses are cut after this many bytes, then the connection is reset;
+- ``corrupt``: in requests, the first byte of ``corrupt`` (a pattern the sender's body
+  holds) is flipped where a chunk holds the whole pattern, ``corrupt_times`` times in
+  all: bytes damaged on the wire, after the client computed its checksums.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class FaultProxy:
         self.blackhole = False
         self.refuse = False
         self.cut_after: int | None = None
+        self.corrupt: bytes | None = None
+        self.corrupt_times = 0
         self.connections = 0
         self.faults = 0
         self._gen = 0  # bumped whenever faults are set: every connection decides afresh
@@ -78,7 +83,8 @@ class FaultProxy:
         return share > 0 and int(c * share + (1 - share)) > int((c - 1) * share + (1 - share))
 
     def clear(self) -> None:
-        self.set(latency=0.0, reset_share=0.0, blackhole=False, refuse=False, cut_after=None)
+        self.set(latency=0.0, reset_share=0.0, blackhole=False, refuse=False, cut_after=None, corrupt=None,
+                 corrupt_times=0)
 
     def _sync_flow(self) -> None:
         assert self._flowing is not None
@@ -123,6 +129,11 @@ class FaultProxy:
                         reset = self._take_reset()
                     else:
                         reset = False
+                    if not downstream and self.corrupt and self.corrupt_times > 0 \
+                            and (at := data.find(self.corrupt)) >= 0:
+                        self.corrupt_times -= 1
+                        self.faults += 1
+                        data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
                     if reset:
                         self.faults += 1
                         self._reset(writer)

@@ -43,9 +43,7 @@ def on_ceph(tmp_path: Path, rgw, ceph_env):
 
 
 def _pushed(proc) -> str:
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("lab/run ")]
-    assert len(lines) == 1, proc.stdout + proc.stderr
-    return lines[0].split()[1]
+    return _pushed_as(proc, "lab/run")
 
 
 def test_quilt3s_own_push_fails_on_ceph(rgw, ceph_env, tmp_path: Path) -> None:
@@ -113,3 +111,101 @@ def test_check_says_content_md5_mode_and_doctor_is_clean(on_ceph) -> None:
     assert rows["versioning"].startswith("ok") and "healthy" in check.stdout
     doctor = cli("doctor")
     assert doctor.returncode == 0 and "no stale or corrupt entries" in doctor.stdout
+
+
+@pytest.fixture
+def wire(rgw, ceph_env, tmp_path: Path):
+    """A bucket behind a proxy that flips a byte of a file's body on its way to
+    Ceph, after quiltsync computed its checksums; the config points at the proxy."""
+    from faultproxy import FaultProxy
+
+    bucket = _bucket(rgw, ceph_env)
+    proxy = FaultProxy(int(rgw.endpoint_url.rsplit(":", 1)[1])).start()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    config = tmp_path / "config.toml"
+    write_config(config, folder, "lab/wire", f"s3://{bucket}", proxy.endpoint, tmp_path / "state")
+    try:
+        yield proxy, bucket, folder, config
+    finally:
+        proxy.stop()
+
+
+def _damage_one_upload(proxy, folder: Path, size: int) -> bytes:
+    pattern = secrets.token_bytes(16)
+    data = pattern * (size // len(pattern))
+    (folder / "frames.bin").write_bytes(data)
+    proxy.set(corrupt=pattern, corrupt_times=1)
+    return data
+
+
+def _only_the_good_bytes_were_stored(rgw, ceph_env, bucket: str, data: bytes) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=rgw.endpoint_url, region_name="us-east-1",
+                      aws_access_key_id=ceph_env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=ceph_env["AWS_SECRET_ACCESS_KEY"])
+    versions = s3.list_object_versions(Bucket=bucket, Prefix="lab/wire/frames.bin").get("Versions", [])
+    assert len(versions) == 1  # the damaged upload was refused, not stored
+    stored = s3.get_object(Bucket=bucket, Key="lab/wire/frames.bin", VersionId=versions[0]["VersionId"])
+    assert stored["Body"].read() == data
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+@pytest.mark.parametrize("size", [1 * MIB, 20 * MIB], ids=["put", "multipart"])
+def test_bytes_damaged_on_the_wire_are_refused_and_never_published(wire, rgw, ceph_env, tmp_path: Path,
+                                                                   size: int) -> None:
+    """Plain http: SigV4 signs the payload's SHA-256, Ceph refuses the damaged PUT or
+    part; `quiltsync push` retries and publishes the right bytes, which restore."""
+    proxy, bucket, folder, config = wire
+    data = _damage_one_upload(proxy, folder, size)
+    run = run_cli("--config", str(config), "push", env=ceph_env)
+    assert run.returncode == 0, run.stderr
+    assert proxy.corrupt_times == 0  # one byte was damaged on its way
+    failed = [e for e in json_events(run.stderr) if e["event"] == "push.failed"]
+    assert len(failed) == 1 and failed[0]["retry_in_s"] is not None, run.stderr
+    assert "XAmzContentSHA256Mismatch" in failed[0]["error"], failed
+    _only_the_good_bytes_were_stored(rgw, ceph_env, bucket, data)
+    out = tmp_path / "out"
+    restored = run_cli("--config", str(config), "restore", "lab/wire", "--top-hash", _pushed_as(run, "lab/wire"),
+                       "--dest", str(out), env=ceph_env)
+    assert restored.returncode == 0 and (out / "frames.bin").read_bytes() == data, restored.stderr
+
+
+@pytest.mark.parametrize("size", [1 * MIB, 20 * MIB], ids=["put", "multipart"])
+def test_without_a_signed_payload_content_md5_is_what_refuses_damaged_bytes(
+        wire, rgw, ceph_env, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """As over https, where botocore sends UNSIGNED-PAYLOAD: Content-MD5 is the only
+    check Ceph 16 has of the bytes (no flexible checksums); it answers BadDigest, the
+    push retries, and only the right bytes are stored."""
+    import botocore.config
+    from structlog.testing import capture_logs
+
+    from quiltsync.config import load_config
+    from quiltsync.engine.pusher import FolderPusher, push_with_retries
+    from quiltsync.local.index import Index
+    from quiltsync.remote import settings
+
+    proxy, bucket, folder, config = wire
+    make = settings.client_config
+    monkeypatch.setattr(settings, "client_config", lambda **overrides: make(**overrides).merge(
+        botocore.config.Config(s3={"payload_signing_enabled": False})))
+    cfg = load_config(config)
+    settings.activate(settings.S3Settings.from_config(cfg.s3))
+    data = _damage_one_upload(proxy, folder, size)
+    index = Index(cfg.daemon.state_dir / "index.sqlite3")
+    try:
+        with capture_logs() as logs:
+            result = push_with_retries(FolderPusher(cfg.folder[0], index), sleep=lambda _s: None)
+    finally:
+        index.close()
+    assert result.pushed and proxy.corrupt_times == 0
+    failed = [e for e in logs if e["event"] == "push.failed"]
+    assert len(failed) == 1 and "BadDigest" in failed[0]["error"], failed
+    _only_the_good_bytes_were_stored(rgw, ceph_env, bucket, data)
+
+
+def _pushed_as(proc, package: str) -> str:
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(f"{package} ")]
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    return lines[0].split()[1]
