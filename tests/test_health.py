@@ -318,3 +318,37 @@ def test_doctor_never_takes_a_quilt3_that_cannot_import_for_corrupt_manifests(se
     assert "cannot import quilt3" in broken.stderr and "QUILT_MANIFEST_MAX_RECORD_SIZE" in broken.stderr
     assert cached.exists()
     assert setup.cli("doctor").returncode == 0
+
+
+def test_the_cache_check_parses_a_cached_manifest_once_until_it_changes(tmp_path: Path) -> None:
+    """The daemon's health runs look at quilt3's cache every few minutes: a manifest
+    already read (quilt3's parser takes seconds for a big one) is not parsed again,
+    and quilt3 is not needed for it, until the file changes; a manifest cut short
+    after its first reading is then reported as such."""
+    import quilt3
+    from quilt3.packages import PackageEntry
+    from quilt3.util import PhysicalKey
+
+    from quiltsync.remote import quiltcache
+    from quiltsync.remote.registry import manifest_parser
+
+    pkg = quilt3.Package().set("a.txt", PackageEntry(
+        PhysicalKey.from_url("s3://lab-data/team/a.txt?versionId=v1"), 100, {"type": "SHA256", "value": "ab" * 32}, {}))
+    root = tmp_path / "v0"
+    (root / "manifest").mkdir(parents=True)
+    cached = root / "manifest" / quiltcache.manifest_cache_name("lab-data", pkg.top_hash)
+    with cached.open("w") as f:
+        pkg.dump(f)
+    factories = []
+
+    def parser() -> quiltcache.ParseManifest:
+        factories.append(1)
+        return manifest_parser()
+
+    for _ in range(3):
+        report = quiltcache.inspect(root, {"lab-data"}, parser)
+        assert report.ok and report.manifests == 1, report.problems
+    assert len(factories) == 1
+    cached.write_bytes(b"".join(cached.read_bytes().splitlines(keepends=True)[:-1]))
+    report = quiltcache.inspect(root, {"lab-data"}, parser)
+    assert [p.kind for p in report.problems] == ["manifest_mismatch"] and len(factories) == 2
