@@ -2,7 +2,6 @@
 helpers (tests/conftest.py). Root only, with Debian's ceph-mon, ceph-osd and radosgw:
 `make test-s3-ceph`, which .ci/run runs as root."""
 
-import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -10,15 +9,11 @@ from pathlib import Path
 
 import pytest
 
-_tests = Path(__file__).resolve().parent.parent / "tests"
-sys.path.insert(0, str(_tests))
-_spec = importlib.util.spec_from_file_location("quiltsync_test_fixtures", _tests / "conftest.py")
-assert _spec is not None and _spec.loader is not None
-fixtures = importlib.util.module_from_spec(_spec)
-sys.modules["quiltsync_test_fixtures"] = fixtures
-_spec.loader.exec_module(fixtures)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import s3ceph
+import suitefixtures
 
-import s3ceph  # noqa: E402
+fixtures = suitefixtures.load()
 
 _s3_settings = fixtures._s3_settings
 # Importing it made its session temp dir: the hook that removes it is this session's too.
