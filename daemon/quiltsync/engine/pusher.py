@@ -42,7 +42,7 @@ from quiltsync.core.message import MessageValues, render
 from quiltsync.core.planner import Plan, hold_back, plan_push
 from quiltsync.core.types import FileRecord, FileStat, HashValue, LastPush, PushResult, Revision
 from quiltsync.engine.gates import Gates
-from quiltsync.engine.uploads import Uploads, changed_since_stat, gather, progress_reporter, reuse_known, stat_or_none
+from quiltsync.engine.uploads import Uploads, changed_since_stat, gather, progress_reporter, reuse_known
 from quiltsync.errors import (
     PermanentError,
     PushConflict,
@@ -54,7 +54,7 @@ from quiltsync.local import hashing
 from quiltsync.local.index import Index
 from quiltsync.local.locks import package_lock
 from quiltsync.local.memory import gc_paused
-from quiltsync.local.scanner import RootUnavailable, Scan, make_ignore_spec, rescan_paths, scan_folder
+from quiltsync.local.scanner import RootUnavailable, Scan, make_ignore_spec, rescan_paths, scan_folder, stat_or_none
 from quiltsync.local.stillcopy import StillCopies
 from quiltsync.logs import get_logger
 from quiltsync.remote.registry import Registry, unpinned_keys

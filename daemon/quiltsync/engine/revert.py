@@ -31,6 +31,7 @@ from quiltsync.core.types import Entry, FileRecord, FileStat, Revision
 from quiltsync.engine.restore import unsafe_key, verify_tree
 from quiltsync.errors import RestoreError
 from quiltsync.local import hashing
+from quiltsync.local.scanner import stat_or_none
 from quiltsync.remote.registry import Registry
 
 
@@ -69,7 +70,7 @@ def revert(folder: FolderConfig, registry: Registry, old: Revision, latest: Revi
                                f"match the manifest (first: {verified.mismatched[0]!r}); nothing was written")
         for lk in sorted(todo.entries):
             target = root / lk
-            if not force and _stat_or_none(target) != checked.get(lk):
+            if not force and stat_or_none(target) != checked.get(lk):
                 raise RestoreError(_partial(report, f"{lk!r} changed while the revert ran; it was left as it is"))
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,7 @@ def _check(root: Path, old: Revision, latest: Revision | None, known: Mapping[st
     unpushed: list[str] = []
     for lk, entry in sorted(old.entries.items()):
         path = root / lk
-        st = _stat_or_none(path)
+        st = stat_or_none(path)
         checked[lk] = st
         if st is None:
             continue
@@ -139,11 +140,6 @@ def _check(root: Path, old: Revision, latest: Revision | None, known: Mapping[st
     return checked, unpushed
 
 
-def _stat_or_none(path: Path) -> FileStat | None:
-    try:
-        return FileStat.of(os.stat(path))
-    except OSError:
-        return None
 
 
 def _replace(src: Path, target: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from quiltsync.core.types import Entry, FileStat, LastPush, Revision
 from quiltsync.local import hashing
 from quiltsync.local.index import Index
+from quiltsync.local.scanner import stat_or_none
 from quiltsync.local.stillcopy import StillCopies
 from quiltsync.remote.registry import version_id_of
 from quiltsync.remote.transfer import Progress
@@ -39,13 +40,6 @@ class Uploads:
     skipped: list[str]  # vanished, still moving, or copies that could not be taken
     set_ns: int  # taken before the stats: the index records the stats as of then
     reused: dict[str, Entry] = field(default_factory=dict)  # bytes already in the bucket: not uploaded
-
-
-def stat_or_none(path: Path) -> FileStat | None:
-    try:
-        return FileStat.of(os.stat(path))
-    except OSError:
-        return None
 
 
 def gather(root: Path, keys: Collection[str], scanned: dict[str, FileStat], *, defer_moving: bool,

@@ -186,6 +186,15 @@ def rescan_paths(
     return result
 
 
+def stat_or_none(path: Path) -> FileStat | None:
+    """A file's stat now (following symlinks, as a scan does), or None if it is gone
+    or cannot be stat'ed: a second look at a file the scan saw."""
+    try:
+        return FileStat.of(os.stat(path))
+    except OSError:
+        return None
+
+
 def _root_stat(root: Path, stat: Callable[[str], os.stat_result]) -> os.stat_result:
     try:
         st = stat(str(root))
